@@ -1,0 +1,749 @@
+"""
+nanoPoly model: a one-file GPT (dense or mixture-of-experts) whose FFN activation is one argument.
+
+It implements the Polynomial Composition activations (PolyCom) of Zhuo et al., "Polynomial Composition Activations:
+Unleashing the Dynamics of Large Language Models" (ICLR 2025, arXiv 2411.03884):
+  type I  (polynomial after a pointwise base ρ):  f(x) = a_0 + Σ_{i=1..r} a_i · ρ(x)^i     (PolyReLU: ρ = relu)
+  type II (polynomial composed with a norm N):     f(x) = a_0 + Σ_{i=1..r} a_i · N(x^i)     (PolyNorm)
+with N(u) = u / sqrt(mean(u², last dim) + eps), the RMS over the FFN hidden width of one token, as in the official code.
+
+Reading order: config -> activations (PolyCom autograd functions, then the registry) -> FFN -> MoE -> attention ->
+block -> GPT. To add an activation, add one entry to ACTIVATIONS (and a test).
+"""
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256
+    vocab_size: int = 50304     # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = False          # biases in Linear layers and LayerNorm (the paper uses none)
+    activation: str = 'gelu'    # any key of ACTIVATIONS
+    poly_order: int = 3         # r, the degree of the PolyCom polynomial (1..8)
+    ffn_hidden: int = 0         # 0 = auto: 4*n_embd, or 2/3 of it rounded to a multiple of 64 for gated FFNs
+    arch: str = 'modern'        # 'modern': RMSNorm + RoPE (the paper's); 'gpt2': LayerNorm + learned positions
+    tie_weights: bool = True    # share the token embedding with the output head
+    rope_theta: float = 10000.0
+    init_seed: int = 1337       # each parameter is drawn from its own generator seeded by (init_seed, name)
+    # mixture of experts (n_expert = 0 means a dense model)
+    n_expert: int = 0
+    top_k: int = 2
+    moe_every: int = 1          # an MoE FFN in every moe_every-th block (1 = every block)
+    expert_hidden: int = 0      # 0 = auto, the same rule as ffn_hidden
+    aux_loss_weight: float = 0.01   # Switch load-balancing loss weight (OLMoE: 0.01)
+    z_loss_weight: float = 0.001    # router z-loss weight (OLMoE: 0.001)
+    shared_expert: bool = False     # one always-on expert beside the routed ones
+    per_expert_poly: bool = False   # one set of PolyCom coefficients per expert (official code: one per layer)
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; valid choices: {', '.join(ACTIVATIONS)}")
+        if not isinstance(self.poly_order, int) or not 1 <= self.poly_order <= MAX_POLY_ORDER:
+            raise ValueError(f"poly_order must be an integer from 1 to {MAX_POLY_ORDER}, got {self.poly_order!r}")
+        if self.arch not in ('modern', 'gpt2'):
+            raise ValueError(f"unknown arch {self.arch!r}; valid choices: modern, gpt2")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.arch == 'modern' and (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"RoPE needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}; "
+                             f"change n_embd or n_head, or use arch='gpt2'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.n_expert < 0:
+            raise ValueError(f"n_expert must be >= 0 (0 = dense), got {self.n_expert}")
+        if self.n_expert > 0:
+            if self.top_k < 1:
+                raise ValueError(f"top_k must be >= 1, got {self.top_k}; set --top_k=1 or more")
+            if self.top_k > self.n_expert:
+                raise ValueError(f"top_k ({self.top_k}) cannot exceed n_expert ({self.n_expert}); "
+                                 f"set --top_k to at most {self.n_expert} or raise --n_expert")
+            if self.moe_every < 1:
+                raise ValueError(f"moe_every must be >= 1, got {self.moe_every}")
+
+
+MAX_POLY_ORDER = 8
+
+
+def ffn_hidden_size(n_embd, activation, requested=0):
+    """Hidden width of an FFN. Gated FFNs have three matrices instead of two, so they get 2/3 of the width (rounded
+    to a multiple of 64) to keep the parameter count equal, as the paper does (SwiGLU 5504 vs 8256 for the others)."""
+    hidden = requested if requested > 0 else 4 * n_embd
+    if ACTIVATIONS[activation].gated:
+        hidden = max(64, int(round(hidden * 2 / 3 / 64)) * 64)
+    return hidden
+
+
+# -----------------------------------------------------------------------------
+# PolyCom activations
+#
+# Plain autograd of f(x) = Σ a_p N(x^p) keeps x, x², x³, three normed tensors and more for the backward pass, about
+# 3x the memory of a GELU FFN. The autograd Functions below keep only the input x (plus, for PolyNorm, the r inverse
+# RMS values per token) and compute the gradients in closed form. Powers and norms are computed in (at least) fp32,
+# also under bf16 autocast: x^6 and higher overflow or lose all precision in bf16.
+#
+# Parameter layout follows the official code so its checkpoints load as they are: `weight` has length r and
+# weight[0] multiplies the HIGHEST power (x^r), weight[r-1] multiplies x^1; `bias` has length 1.
+
+
+def _compute_dtype(x):
+    return torch.promote_types(x.dtype, torch.float32)   # fp32 for fp16/bf16/fp32 inputs, fp64 stays fp64
+
+
+def _horner(x, coefs, constant):
+    """constant + Σ_{p=1..r} coefs[..., p-1] * x^p by Horner's rule: r fused multiply-adds, no stored powers.
+    x: (..., H); coefs: (..., r) or (r,) (per row or global); constant: broadcastable to (..., 1)."""
+    r = coefs.shape[-1]
+    acc = coefs[..., r - 1:r]
+    for p in range(r - 1, 0, -1):
+        acc = torch.addcmul(coefs[..., p - 1:p], x, acc)   # coefs_p + x * acc
+    return torch.addcmul(constant, x, acc)
+
+
+def _powers_of_increasing_order(weight):
+    """(r,) official layout (highest power first) -> (r,) where element p-1 multiplies x^p."""
+    return weight.flip(0)
+
+
+def _inverse_rms_of_powers(x, order, eps):
+    """inv_rms[..., p-1] = 1 / sqrt(mean(x^(2p)) + eps) over the last dim, for p = 1..order. x: (..., H).
+    mean(x^(2p)) = mean((x²)^p) = ||x²||_p^p / H, a fused reduction that stores no power of x."""
+    x_squared = x * x
+    width = x.shape[-1]
+    moments = [torch.linalg.vector_norm(x_squared, ord=p, dim=-1).pow(p) / width for p in range(1, order + 1)]
+    return torch.rsqrt(torch.stack(moments, dim=-1) + eps)   # (..., r)
+
+
+class PolyNormFunction(torch.autograd.Function):
+    """y = bias + Σ_p w_p · s_p · x^p with s_p = (mean(x^(2p)) + eps)^(-1/2) per row. Saves x and s (..., r)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        xc = x.to(_compute_dtype(x))
+        w = _powers_of_increasing_order(weight).to(xc.dtype)
+        inv_rms = _inverse_rms_of_powers(xc, weight.numel(), eps)     # (..., r)
+        y = _horner(xc, inv_rms * w, bias.to(xc.dtype))                # (..., H)
+        ctx.save_for_backward(x, weight, inv_rms)
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        # With g = dL/dy, s_p the inverse RMS of x^p and d_p = <g, x^p> (a dot product over the row of width H):
+        #   dL/dx   = Σ_p w_p (p x^{p-1} s_p g − (p/H) s_p³ d_p x^{2p-1})
+        #   dL/dw_p = Σ_rows s_p d_p,   dL/dbias = Σ g
+        x, weight, inv_rms = ctx.saved_tensors
+        xc = x.to(_compute_dtype(x))
+        g = grad_out.to(xc.dtype)
+        r, width = weight.numel(), x.shape[-1]
+        w = _powers_of_increasing_order(weight).to(xc.dtype)
+        powers = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype)   # (r,) = 1..r
+
+        # d_p = <g, x^p>, built by multiplying g by x one power at a time
+        dots, g_times_power = [], g
+        for _ in range(r):
+            g_times_power = g_times_power * xc
+            dots.append(g_times_power.sum(-1))
+        dots = torch.stack(dots, dim=-1)                                   # (..., r)
+
+        # first term: g * Σ_p p w_p s_p x^{p-1}, a polynomial of degree r-1 in x
+        slope_coefs = powers * w * inv_rms                                 # (..., r)
+        slope = _horner(xc, slope_coefs[..., 1:], slope_coefs[..., :1]) if r > 1 else slope_coefs[..., :1]
+        # second term: Σ_p k_p x^{2p-1} = x · Σ_p k_p (x²)^{p-1}, with k_p = (p/H) w_p s_p³ d_p
+        k = powers / width * w * inv_rms.pow(3) * dots                     # (..., r)
+        x_squared = xc * xc
+        odd = _horner(x_squared, k[..., 1:], k[..., :1]) if r > 1 else k[..., :1]
+        grad_x = torch.addcmul(-xc * odd, g, slope)
+
+        grad_w = (inv_rms * dots).reshape(-1, r).sum(0)                    # (r,) in increasing-power order
+        grad_weight = _powers_of_increasing_order(grad_w).to(weight.dtype)
+        grad_bias = g.sum().reshape(1).to(weight.dtype)
+        return grad_x.to(x.dtype), grad_weight, grad_bias, None
+
+
+def _relu_and_slope(x):
+    return torch.relu(x), (x > 0).to(x.dtype)
+
+
+def _gelu_and_slope(x):
+    # gelu(x) = x Φ(x), gelu'(x) = Φ(x) + x φ(x)
+    cdf = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
+    pdf = torch.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return x * cdf, cdf + x * pdf
+
+
+def _silu_and_slope(x):
+    # silu(x) = x σ(x), silu'(x) = σ(x) (1 + x (1 − σ(x)))
+    sig = torch.sigmoid(x)
+    return x * sig, sig * (1.0 + x * (1.0 - sig))
+
+
+POINTWISE_BASES = {'relu': _relu_and_slope, 'gelu': _gelu_and_slope, 'silu': _silu_and_slope}
+
+
+class PolyBaseFunction(torch.autograd.Function):
+    """Type I PolyCom: y = bias + Σ_p w_p ρ(x)^p for a pointwise base ρ. Saves only x; ρ(x) is recomputed."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, base):
+        xc = x.to(_compute_dtype(x))
+        w = _powers_of_increasing_order(weight).to(xc.dtype)
+        if base == 'relu':
+            rho = torch.relu(xc)   # the slope is not needed in forward; skip computing it
+        else:
+            rho, _ = POINTWISE_BASES[base](xc)
+        y = _horner(rho, w, bias.to(xc.dtype))
+        ctx.save_for_backward(x, weight)
+        ctx.base = base
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        # dL/dx = g · ρ'(x) · Σ_p p w_p ρ^{p-1};  dL/dw_p = Σ g ρ^p;  dL/dbias = Σ g
+        x, weight = ctx.saved_tensors
+        xc = x.to(_compute_dtype(x))
+        g = grad_out.to(xc.dtype)
+        r = weight.numel()
+        w = _powers_of_increasing_order(weight).to(xc.dtype)
+        rho, rho_slope = POINTWISE_BASES[ctx.base](xc)
+        powers = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype)
+        slope_coefs = powers * w
+        slope = _horner(rho, slope_coefs[1:], slope_coefs[:1]) if r > 1 else slope_coefs[:1].expand_as(rho)
+        grad_x = g * slope * rho_slope
+
+        sums, g_times_power = [], g
+        for _ in range(r):
+            g_times_power = g_times_power * rho
+            sums.append(g_times_power.sum())
+        grad_weight = _powers_of_increasing_order(torch.stack(sums)).to(weight.dtype)
+        grad_bias = g.sum().reshape(1).to(weight.dtype)
+        return grad_x.to(x.dtype), grad_weight, grad_bias, None
+
+
+class PolyCom(nn.Module):
+    """Learnable PolyCom activation with r scalar weights and one bias per layer (none per channel)."""
+
+    def __init__(self, order=3, base='relu', eps=1e-6):
+        super().__init__()
+        if not isinstance(order, int) or not 1 <= order <= MAX_POLY_ORDER:
+            raise ValueError(f"PolyCom order must be an integer from 1 to {MAX_POLY_ORDER}, got {order!r}")
+        if base not in POINTWISE_BASES and base != 'norm':
+            raise ValueError(f"unknown PolyCom base {base!r}; valid choices: {', '.join(POINTWISE_BASES)}, norm")
+        self.order, self.base, self.eps = order, base, eps
+        self.weight = nn.Parameter(torch.full((order,), 1.0 / order))   # paper init: every a_i = 1/r
+        self.bias = nn.Parameter(torch.zeros(1))                          # paper init: a_0 = 0
+
+    def forward(self, x):
+        if self.base == 'norm':
+            return PolyNormFunction.apply(x, self.weight, self.bias, self.eps)
+        return PolyBaseFunction.apply(x, self.weight, self.bias, self.base)
+
+    def extra_repr(self):
+        return f"order={self.order}, base={self.base}"
+
+
+class PolyReLU(PolyCom):
+    """f(x) = a_0 + Σ_{i=1..r} a_i relu(x)^i"""
+
+    def __init__(self, order=3):
+        super().__init__(order, base='relu')
+
+
+class PolyNorm(PolyCom):
+    """f(x) = a_0 + Σ_{i=1..r} a_i N(x^i), N = RMS normalization over the last dim (eps inside the sqrt)"""
+
+    def __init__(self, order=3, eps=1e-6):
+        super().__init__(order, base='norm', eps=eps)
+
+
+# -----------------------------------------------------------------------------
+# The activation registry: name -> how to build it. One entry per activation; this is the place to add yours.
+
+
+class Pointwise(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def _relu_squared(x):
+    return torch.square(torch.relu(x))
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    build: object        # build(poly_order) -> nn.Module applied to the FFN hidden pre-activation (..., H)
+    gated: bool = False  # gated FFNs (SwiGLU) multiply act(x W_gate) by x W_up and get 2/3 of the hidden width
+
+
+ACTIVATIONS = {
+    'relu': ActivationSpec(lambda r: Pointwise(F.relu)),
+    'gelu': ActivationSpec(lambda r: Pointwise(F.gelu)),
+    'silu': ActivationSpec(lambda r: Pointwise(F.silu)),
+    'relu2': ActivationSpec(lambda r: Pointwise(_relu_squared)),              # squared ReLU (Primer)
+    'swiglu': ActivationSpec(lambda r: Pointwise(F.silu), gated=True),        # silu(x W_gate) * (x W_up)
+    'polyrelu': ActivationSpec(lambda r: PolyReLU(r)),                        # PolyCom type I, base relu
+    'polygelu': ActivationSpec(lambda r: PolyCom(r, base='gelu')),            # PolyCom type I, base gelu
+    'polysilu': ActivationSpec(lambda r: PolyCom(r, base='silu')),            # PolyCom type I, base silu
+    'polynorm': ActivationSpec(lambda r: PolyNorm(r)),                        # PolyCom type II, RMS norm
+}
+
+
+def build_activation(name, poly_order=3):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid choices: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name].build(poly_order)
+
+
+# -----------------------------------------------------------------------------
+# Dense FFN: W_proj · act(W_fc · x), or for gated activations W_proj · (act(W_gate · x) * W_fc · x)
+
+
+class MLP(nn.Module):
+    def __init__(self, config, hidden=None):
+        super().__init__()
+        self.hidden = hidden or ffn_hidden_size(config.n_embd, config.activation, config.ffn_hidden)
+        self.gated = ACTIVATIONS[config.activation].gated
+        self.c_fc = nn.Linear(config.n_embd, self.hidden, bias=config.bias)
+        self.c_gate = nn.Linear(config.n_embd, self.hidden, bias=config.bias) if self.gated else None
+        self.act = build_activation(config.activation, config.poly_order)
+        self.c_proj = nn.Linear(self.hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):                                   # x: (B, T, C)
+        h = self.c_fc(x)                                    # (B, T, hidden)
+        h = self.act(self.c_gate(x)) * h if self.gated else self.act(h)
+        return self.dropout(self.c_proj(h))                 # (B, T, C)
+
+
+# -----------------------------------------------------------------------------
+# Mixture of experts: top-k routing, dropless, experts computed as grouped matmuls over contiguous token slices.
+
+
+def _grouped_mm_is_usable(a, b):
+    """torch.nn.functional.grouped_mm (torch 2.13) runs on CPU for fp32/bf16/fp16 (forward only; we write the backward
+    ourselves from forward calls) and on CUDA for bf16 with SM >= 80. It needs 16-byte aligned rows."""
+    if a.dtype != b.dtype or a.shape[-1] % 8 != 0 or b.shape[-1] % 8 != 0:
+        return False
+    if a.device.type == 'cpu':
+        return a.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if a.device.type == 'cuda':
+        return a.dtype == torch.bfloat16 and torch.cuda.get_device_capability(a.device)[0] >= 8
+    return False
+
+
+def _group_bounds(offsets):
+    """offsets (G,) cumulative group ends -> list of (start, end). .tolist() is a host sync (and a graph break
+    under torch.compile): the loop fallback only runs where grouped_mm is not available (fp64, old GPUs, mps)."""
+    ends = offsets.tolist()
+    return list(zip([0] + ends[:-1], ends))
+
+
+def grouped_matmul_forward(a, b, offsets):
+    """out[rows of group g] = a[rows of group g] @ b[g]. a: (M, K) sorted by group; b: (G, K, N); offsets: (G,) int32."""
+    if _grouped_mm_is_usable(a, b):
+        return F.grouped_mm(a, b, offs=offsets)
+    return torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(_group_bounds(offsets))], dim=0)
+
+
+def grouped_weight_grad(a, grad_out, offsets):
+    """out[g] = a[rows of g]^T @ grad_out[rows of g]: (G, K, N). The 2-D x 2-D grouped_mm needs the row count
+    aligned to 16 bytes, so pad with zero rows (they add nothing to any group)."""
+    if _grouped_mm_is_usable(a, grad_out):
+        pad = (-a.shape[0]) % 16
+        if pad:
+            a, grad_out = F.pad(a, (0, 0, 0, pad)), F.pad(grad_out, (0, 0, 0, pad))
+        return F.grouped_mm(a.t(), grad_out, offs=offsets)
+    return torch.stack([a[s:e].t() @ grad_out[s:e] for s, e in _group_bounds(offsets)], dim=0)
+
+
+class GroupedMatmul(torch.autograd.Function):
+    """Differentiable grouped matmul. torch 2.13's grouped_mm has no CPU backward, but its backward is two more
+    grouped matmuls (dA = dY @ B^T per group, dB = A^T @ dY per group), so we build it from forward calls."""
+
+    @staticmethod
+    def forward(ctx, a, b, offsets):
+        ctx.save_for_backward(a, b, offsets)
+        return grouped_matmul_forward(a, b, offsets)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, b, offsets = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_a = grouped_matmul_forward(grad_out, b.transpose(1, 2), offsets)
+        grad_b = grouped_weight_grad(a, grad_out, offsets)
+        return grad_a, grad_b, None
+
+
+class MoE(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d, n_expert = config.n_embd, config.n_expert
+        self.n_expert, self.top_k = n_expert, config.top_k
+        self.hidden = ffn_hidden_size(d, config.activation, config.expert_hidden)
+        self.gated = ACTIVATIONS[config.activation].gated
+        self.router = nn.Linear(d, n_expert, bias=False)
+        # expert weights stacked so one grouped matmul serves all experts: (E, in, out)
+        self.w_fc = nn.Parameter(torch.empty(n_expert, d, self.hidden))
+        self.w_gate = nn.Parameter(torch.empty(n_expert, d, self.hidden)) if self.gated else None
+        self.w_proj = nn.Parameter(torch.empty(n_expert, self.hidden, d))
+        if config.per_expert_poly:
+            self.acts = nn.ModuleList(build_activation(config.activation, config.poly_order) for _ in range(n_expert))
+            self.act = None
+        else:   # the official code: one activation (one set of PolyCom coefficients) shared by the layer's experts
+            self.act, self.acts = build_activation(config.activation, config.poly_order), None
+        self.shared = MLP(config, self.hidden) if config.shared_expert else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def route(self, x):
+        """x: (N, C) -> top-k expert ids (N, k), renormalised weights (N, k), router probs (N, E), logits (N, E).
+        Softmax in fp32 (outside autocast): bf16 probabilities are too coarse to rank and balance 64 experts.
+        The k chosen weights are renormalised to sum to 1 (Mixtral/OLMoE style) so the expert output has the scale of
+        a dense FFN whatever E and k are. (With k = 1 this makes the weight 1, so the router then learns only from the
+        load-balancing and z losses.)"""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.router.weight.float())       # (N, E)
+        probs = logits.softmax(dim=-1)
+        top_weight, top_expert = probs.topk(self.top_k, dim=-1)            # (N, k)
+        top_weight = top_weight / top_weight.sum(dim=-1, keepdim=True)
+        return top_expert, top_weight, probs, logits
+
+    def activation(self, h, offsets):
+        if self.acts is None:
+            return self.act(h)
+        # per-expert coefficients: one call per expert slice (a host sync, see _group_bounds)
+        return torch.cat([self.acts[g](h[s:e]) for g, (s, e) in enumerate(_group_bounds(offsets))], dim=0)
+
+    def experts(self, x_sorted, offsets):
+        """x_sorted: (N*k, C) rows grouped by expert; offsets: (E,) int32 group ends. -> (N*k, C)"""
+        dtype = x_sorted.dtype
+        h = GroupedMatmul.apply(x_sorted, self.w_fc.to(dtype), offsets)                      # (N*k, hidden)
+        if self.gated:
+            h = self.activation(GroupedMatmul.apply(x_sorted, self.w_gate.to(dtype), offsets), offsets) * h
+        else:
+            h = self.activation(h, offsets)
+        return GroupedMatmul.apply(h.to(dtype), self.w_proj.to(dtype), offsets)              # (N*k, C)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        x_flat = x.reshape(B * T, C)                                         # (N, C)
+        top_expert, top_weight, probs, logits = self.route(x_flat)
+        N, k, E = B * T, self.top_k, self.n_expert
+
+        # dispatch: sort the N*k (token, expert) pairs by expert so each expert's tokens are one contiguous slice.
+        # Shapes stay fixed (N*k rows), so torch.compile sees no data-dependent sizes.
+        flat_expert = top_expert.reshape(-1)                                 # (N*k,)
+        order = flat_expert.argsort(stable=True)                             # (N*k,) pair index, grouped by expert
+        tokens_per_expert = torch.zeros(E, device=x.device, dtype=torch.int64).scatter_add_(
+            0, flat_expert, torch.ones_like(flat_expert))                    # (E,)
+        offsets = tokens_per_expert.cumsum(0).to(torch.int32)                # (E,) end of each expert's slice
+        compute_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
+            else x.dtype
+        x_sorted = x_flat.to(compute_dtype)[order // k]                      # (N*k, C)
+        y_sorted = self.experts(x_sorted, offsets)                           # (N*k, C)
+
+        # combine: undo the sort, then weight each token's k expert outputs (a gather, deterministic, no atomics)
+        unsort = torch.empty_like(order).scatter_(0, order, torch.arange(N * k, device=x.device))
+        y = y_sorted[unsort].reshape(N, k, C).float()
+        y = (y * top_weight.unsqueeze(-1)).sum(dim=1).to(x.dtype).reshape(B, T, C)
+        if self.shared is not None:
+            y = y + self.shared(x)
+
+        # Switch load balancing: E · Σ_i f_i P_i, f_i = fraction of routed pairs, P_i = mean router prob (1 = uniform)
+        load = tokens_per_expert.float() / (N * k)                            # (E,)
+        balance_loss = E * (load * probs.mean(dim=0)).sum()
+        z_loss = torch.logsumexp(logits, dim=-1).square().mean()              # keeps router logits small (ST-MoE)
+        return self.dropout(y), (balance_loss, z_loss, load.detach())
+
+
+# -----------------------------------------------------------------------------
+# Attention, normalization, position encoding
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 and we keep nanoGPT's spelling)."""
+
+    def __init__(self, dim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+def make_norm(config):
+    return RMSNorm(config.n_embd) if config.arch == 'modern' else LayerNorm(config.n_embd, config.bias)
+
+
+def rope_tables(head_size, block_size, theta):
+    """cos, sin tables of shape (block_size, head_size/2) for rotary position embeddings (Su et al. 2021)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size))
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """x: (B, nh, T, hs); rotate each pair (x1_i, x2_i) of the two halves by the angle of its position."""
+    x1, x2 = x.chunk(2, dim=-1)                             # (B, nh, T, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)             # (T, hs/2), broadcast over B and nh
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos[:T], sin[:T]), apply_rope(k, cos[:T], sin[:T])
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, config, use_moe):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MoE(config) if use_moe else MLP(config)
+
+    def forward(self, x, rope=None):
+        x = x + self.attn(self.ln_1(x), rope)
+        if isinstance(self.mlp, MoE):
+            y, moe_stats = self.mlp(self.ln_2(x))
+            return x + y, moe_stats
+        return x + self.mlp(self.ln_2(x)), None
+
+
+# -----------------------------------------------------------------------------
+# GPT
+
+
+RESIDUAL_PROJECTIONS = ('attn.c_proj.weight', 'mlp.c_proj.weight', 'mlp.w_proj', 'mlp.shared.c_proj.weight')
+
+
+class GPT(nn.Module):
+    def __init__(self, config, verbose=True):
+        super().__init__()
+        self.config = config
+        moe_layers = [config.n_expert > 0 and (i + 1) % config.moe_every == 0 for i in range(config.n_layer)]
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd) if config.arch == 'gpt2' else None,
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config, use_moe) for use_moe in moe_layers),
+            ln_f=make_norm(config),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        if config.arch == 'modern':
+            cos, sin = rope_tables(config.n_embd // config.n_head, config.block_size, config.rope_theta)
+            self.register_buffer('rope_cos', cos, persistent=False)
+            self.register_buffer('rope_sin', sin, persistent=False)
+        self.init_parameters()
+        if verbose:
+            total, active = self.num_params(), self.num_active_params()
+            print(f"parameters: {total / 1e6:.2f}M total, {active / 1e6:.2f}M active, "
+                  f"FFN {self.num_ffn_params() / 1e6:.2f}M ({config.activation})")
+
+    @torch.no_grad()
+    def init_parameters(self):
+        """Normal(0, 0.02) for matrices, with residual projections scaled by 1/sqrt(2*n_layer) (GPT-2); norms 1;
+        biases 0; PolyCom coefficients keep their paper init (1/r, 0). Each parameter draws from its own generator
+        seeded by (init_seed, name), so models that differ only in their FFN get identical attention and embeddings."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if name.endswith('act.weight') or name.endswith('act.bias') or '.acts.' in name:
+                continue                                     # PolyCom coefficients: set in PolyCom.__init__
+            if p.dim() < 2:
+                p.fill_(1.0 if name.endswith('weight') else 0.0)
+                continue
+            scale = std / math.sqrt(2 * self.config.n_layer) if name.endswith(RESIDUAL_PROJECTIONS) else std
+            generator = torch.Generator().manual_seed(self.config.init_seed * 1_000_003 + zlib.crc32(name.encode()))
+            p.copy_(torch.randn(p.shape, generator=generator) * scale)
+
+    # ---- parameter accounting
+
+    def num_params(self, non_embedding=False):
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel()
+            if self.transformer.wpe is not None:
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def _inactive_expert_params(self):
+        """Parameters of the experts a token does not visit: (E - k)/E of each MoE layer's expert weights."""
+        inactive = 0
+        for block in self.transformer.h:
+            if isinstance(block.mlp, MoE):
+                m = block.mlp
+                expert_params = sum(p.numel() for p in (m.w_fc, m.w_gate, m.w_proj) if p is not None)
+                inactive += expert_params * (m.n_expert - m.top_k) // m.n_expert
+        return inactive
+
+    def num_active_params(self, non_embedding=False):
+        return self.num_params(non_embedding) - self._inactive_expert_params()
+
+    def num_ffn_params(self):
+        return sum(p.numel() for block in self.transformer.h for p in block.mlp.parameters())
+
+    def flops_per_token(self):
+        """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B: 6 per active matmul weight
+        plus 12 * n_layer * n_embd * T for attention scores and values. The output head counts, embeddings do not."""
+        c = self.config
+        n = self.num_active_params()
+        n -= 0 if c.tie_weights else self.transformer.wte.weight.numel()   # a lookup, not a matmul
+        n -= self.transformer.wpe.weight.numel() if self.transformer.wpe is not None else 0
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+
+    # ---- forward
+
+    def embed(self, idx):
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}; "
+                             f"crop the input or train with a larger --block_size")
+        x = self.transformer.wte(idx)                                        # (B, T, C)
+        if self.transformer.wpe is not None:
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
+        return self.transformer.drop(x)
+
+    def rope(self):
+        return (self.rope_cos, self.rope_sin) if self.config.arch == 'modern' else None
+
+    def forward(self, idx, targets=None, return_aux=False):
+        """idx, targets: (B, T) int64. Returns logits and the mean cross-entropy (None without targets); with
+        return_aux=True also a dict of MoE auxiliary terms, kept apart from the cross-entropy so they log separately."""
+        x = self.embed(idx)
+        moe_stats = []
+        for block in self.transformer.h:
+            x, stats = block(x, self.rope())
+            if stats is not None:
+                moe_stats.append(stats)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)                                          # (B, T, V)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        else:
+            logits, loss = self.lm_head(x[:, [-1], :]), None                  # (B, 1, V): only what generate needs
+        if not return_aux:
+            return logits, loss
+        return logits, loss, self._aux_terms(moe_stats, x)
+
+    def _aux_terms(self, moe_stats, x):
+        zero = x.new_zeros((), dtype=torch.float32)
+        if not moe_stats:
+            return dict(balance_loss=zero, z_loss=zero, aux_total=zero, expert_load=x.new_zeros((0, 0)))
+        balance = torch.stack([s[0] for s in moe_stats]).mean()
+        z = torch.stack([s[1] for s in moe_stats]).mean()
+        total = self.config.aux_loss_weight * balance + self.config.z_loss_weight * z
+        return dict(balance_loss=balance, z_loss=z, aux_total=total, expert_load=torch.stack([s[2] for s in moe_stats]))
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 means greedy; top_k keeps the k likeliest."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :]                                         # (B, V)
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float('-inf'))
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+    # ---- training helpers
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices only (dim >= 2: Linear, embedding and expert weights). Norm gains,
+        biases and PolyCom coefficients are not decayed: pulling them towards 0 would change the function's shape."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+        fused = device_type == 'cuda'
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    # ---- introspection for analyses and logs
+
+    def activations(self):
+        """The FFN activation module of each layer (per-expert ones: the first expert's)."""
+        return [b.mlp.act if b.mlp.act is not None else b.mlp.acts[0] for b in self.transformer.h]
+
+    def poly_coefficients(self):
+        """{'layer{i}.a{p}': value}: a_p multiplies the p-th power, a0 is the bias (empty for fixed activations)."""
+        out = {}
+        for i, act in enumerate(self.activations()):
+            if isinstance(act, PolyCom):
+                w = _powers_of_increasing_order(act.weight.detach().float().cpu())
+                for p in range(act.order, 0, -1):
+                    out[f'layer{i}.a{p}'] = w[p - 1].item()
+                out[f'layer{i}.a0'] = act.bias.item()
+        return out
+
+    def ffn_weight_matrices(self):
+        """{name: 2-D weight} of every FFN matrix, experts split out, for effective-rank analysis."""
+        out = {}
+        for i, b in enumerate(self.transformer.h):
+            for name, p in b.mlp.named_parameters():
+                if p.dim() == 2 and 'router' not in name:
+                    out[f'layer{i}.{name}'] = p.detach()
+                elif p.dim() == 3:
+                    for e in range(p.shape[0]):
+                        out[f'layer{i}.{name}.expert{e}'] = p[e].detach()
+        return out
+
+    @torch.no_grad()
+    def hidden_states(self, idx):
+        """Residual stream after the embedding and after each block: n_layer+1 tensors of shape (B, T, C)."""
+        x = self.embed(idx)
+        states = [x]
+        for block in self.transformer.h:
+            x, _ = block(x, self.rope())
+            states.append(x)
+        return states
