@@ -103,28 +103,22 @@ def _compute_dtype(x):
     return torch.promote_types(x.dtype, torch.float32)   # fp32 for fp16/bf16/fp32 inputs, fp64 stays fp64
 
 
-def _horner(x, coefs, constant):
-    """constant + Σ_{p=1..r} coefs[..., p-1] * x^p by Horner's rule: r fused multiply-adds, no stored powers.
-    x: (..., H); coefs: (..., r) or (r,) (per row or global); constant: broadcastable to (..., 1)."""
+def _polynomial(x, coefs, constant):
+    """constant + Σ_{p=1..r} coefs[..., p-1] · x^p by Horner's rule, in one output buffer: r elementwise passes and
+    no stored powers. x: (..., H); coefs: (..., r) one set per row, or (r,) shared; constant: broadcastable to x.
+    The out= calls update the buffer in place (eager on CPU: every fresh 16 MB tensor costs page faults)."""
     r = coefs.shape[-1]
-    acc = coefs[..., r - 1:r]
-    for p in range(r - 1, 0, -1):
-        acc = torch.addcmul(coefs[..., p - 1:p], x, acc)   # coefs_p + x * acc
-    return torch.addcmul(constant, x, acc)
+    if r == 1:
+        return torch.addcmul(constant, x, coefs[..., :1])
+    out = torch.addcmul(coefs[..., r - 2:r - 1], x, coefs[..., r - 1:r])   # c_{r-1} + x c_r
+    for p in range(r - 2, 0, -1):
+        torch.addcmul(coefs[..., p - 1:p], x, out, out=out)               # out = c_p + x * out
+    return torch.addcmul(constant, x, out, out=out)
 
 
-def _powers_of_increasing_order(weight):
-    """(r,) official layout (highest power first) -> (r,) where element p-1 multiplies x^p."""
+def _increasing_order(weight):
+    """(r,) in the official layout (highest power first) -> (r,) whose element p-1 multiplies x^p."""
     return weight.flip(0)
-
-
-def _inverse_rms_of_powers(x, order, eps):
-    """inv_rms[..., p-1] = 1 / sqrt(mean(x^(2p)) + eps) over the last dim, for p = 1..order. x: (..., H).
-    mean(x^(2p)) = mean((x²)^p) = ||x²||_p^p / H, a fused reduction that stores no power of x."""
-    x_squared = x * x
-    width = x.shape[-1]
-    moments = [torch.linalg.vector_norm(x_squared, ord=p, dim=-1).pow(p) / width for p in range(1, order + 1)]
-    return torch.rsqrt(torch.stack(moments, dim=-1) + eps)   # (..., r)
 
 
 class PolyNormFunction(torch.autograd.Function):
@@ -132,10 +126,19 @@ class PolyNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        xc = x.to(_compute_dtype(x))
-        w = _powers_of_increasing_order(weight).to(xc.dtype)
-        inv_rms = _inverse_rms_of_powers(xc, weight.numel(), eps)     # (..., r)
-        y = _horner(xc, inv_rms * w, bias.to(xc.dtype))                # (..., H)
+        xc = x.to(_compute_dtype(x))                           # (..., H)
+        r, width = weight.numel(), x.shape[-1]
+        w = _increasing_order(weight).to(xc.dtype)
+        # s_p from mean((x^p)²) = ||x^p||² / H, one power buffer multiplied by x in place
+        power, inv_rms = xc, []
+        for p in range(1, r + 1):
+            if p == 2:
+                power = xc * xc
+            elif p > 2:
+                power.mul_(xc)
+            inv_rms.append(torch.rsqrt(torch.linalg.vector_norm(power, dim=-1).square() / width + eps))
+        inv_rms = torch.stack(inv_rms, dim=-1)                 # (..., r)
+        y = _polynomial(xc, inv_rms * w, bias.to(xc.dtype))   # (..., H)
         ctx.save_for_backward(x, weight, inv_rms)
         return y.to(x.dtype)
 
@@ -148,27 +151,31 @@ class PolyNormFunction(torch.autograd.Function):
         xc = x.to(_compute_dtype(x))
         g = grad_out.to(xc.dtype)
         r, width = weight.numel(), x.shape[-1]
-        w = _powers_of_increasing_order(weight).to(xc.dtype)
-        powers = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype)   # (r,) = 1..r
+        w = _increasing_order(weight).to(xc.dtype)
+        p = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype)   # (r,) the powers 1..r
 
-        # d_p = <g, x^p>, built by multiplying g by x one power at a time
-        dots, g_times_power = [], g
-        for _ in range(r):
-            g_times_power = g_times_power * xc
-            dots.append(g_times_power.sum(-1))
-        dots = torch.stack(dots, dim=-1)                                   # (..., r)
+        # d_p = <g, x^p>: multiply one copy of g by x, one power at a time
+        scratch = g * xc
+        dots = [scratch.sum(-1)]
+        for _ in range(r - 1):
+            dots.append(scratch.mul_(xc).sum(-1))
+        dots = torch.stack(dots, dim=-1)                        # (..., r)
 
-        # first term: g * Σ_p p w_p s_p x^{p-1}, a polynomial of degree r-1 in x
-        slope_coefs = powers * w * inv_rms                                 # (..., r)
-        slope = _horner(xc, slope_coefs[..., 1:], slope_coefs[..., :1]) if r > 1 else slope_coefs[..., :1]
+        # first term: g · Σ_p p w_p s_p x^{p-1}, a polynomial of degree r-1 in x
+        slope = p * w * inv_rms                                 # (..., r)
+        grad_x = _polynomial(xc, slope[..., 1:], slope[..., :1]) if r > 1 else slope[..., :1].expand_as(xc).clone()
+        grad_x.mul_(g)
         # second term: Σ_p k_p x^{2p-1} = x · Σ_p k_p (x²)^{p-1}, with k_p = (p/H) w_p s_p³ d_p
-        k = powers / width * w * inv_rms.pow(3) * dots                     # (..., r)
-        x_squared = xc * xc
-        odd = _horner(x_squared, k[..., 1:], k[..., :1]) if r > 1 else k[..., :1]
-        grad_x = torch.addcmul(-xc * odd, g, slope)
+        k = p / width * w * inv_rms.pow(3) * dots               # (..., r)
+        if r > 1:
+            torch.mul(xc, xc, out=scratch)
+            odd = _polynomial(scratch, k[..., 1:], k[..., :1])
+        else:
+            odd = k[..., :1]
+        grad_x.addcmul_(xc, odd, value=-1.0)
 
-        grad_w = (inv_rms * dots).reshape(-1, r).sum(0)                    # (r,) in increasing-power order
-        grad_weight = _powers_of_increasing_order(grad_w).to(weight.dtype)
+        grad_w = (inv_rms * dots).reshape(-1, r).sum(0)         # (r,) in increasing-power order
+        grad_weight = _increasing_order(grad_w).to(weight.dtype)
         grad_bias = g.sum().reshape(1).to(weight.dtype)
         return grad_x.to(x.dtype), grad_weight, grad_bias, None
 
@@ -199,12 +206,9 @@ class PolyBaseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, base):
         xc = x.to(_compute_dtype(x))
-        w = _powers_of_increasing_order(weight).to(xc.dtype)
-        if base == 'relu':
-            rho = torch.relu(xc)   # the slope is not needed in forward; skip computing it
-        else:
-            rho, _ = POINTWISE_BASES[base](xc)
-        y = _horner(rho, w, bias.to(xc.dtype))
+        w = _increasing_order(weight).to(xc.dtype)
+        rho = torch.relu(xc) if base == 'relu' else POINTWISE_BASES[base](xc)[0]   # relu: skip its slope
+        y = _polynomial(rho, w, bias.to(xc.dtype))
         ctx.save_for_backward(x, weight)
         ctx.base = base
         return y.to(x.dtype)
@@ -216,18 +220,19 @@ class PolyBaseFunction(torch.autograd.Function):
         xc = x.to(_compute_dtype(x))
         g = grad_out.to(xc.dtype)
         r = weight.numel()
-        w = _powers_of_increasing_order(weight).to(xc.dtype)
+        w = _increasing_order(weight).to(xc.dtype)
         rho, rho_slope = POINTWISE_BASES[ctx.base](xc)
-        powers = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype)
-        slope_coefs = powers * w
-        slope = _horner(rho, slope_coefs[1:], slope_coefs[:1]) if r > 1 else slope_coefs[:1].expand_as(rho)
-        grad_x = g * slope * rho_slope
 
-        sums, g_times_power = [], g
-        for _ in range(r):
-            g_times_power = g_times_power * rho
-            sums.append(g_times_power.sum())
-        grad_weight = _powers_of_increasing_order(torch.stack(sums)).to(weight.dtype)
+        # Σ g ρ^p for p = 1..r: one copy of g multiplied by ρ one power at a time
+        scratch = g * rho
+        sums = [scratch.sum()]
+        for _ in range(r - 1):
+            sums.append(scratch.mul_(rho).sum())
+        grad_weight = _increasing_order(torch.stack(sums)).to(weight.dtype)
+
+        slope = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype) * w      # (r,): p w_p
+        grad_x = _polynomial(rho, slope[1:], slope[:1]) if r > 1 else slope[:1].expand_as(xc).clone()
+        grad_x.mul_(g).mul_(rho_slope)
         grad_bias = g.sum().reshape(1).to(weight.dtype)
         return grad_x.to(x.dtype), grad_weight, grad_bias, None
 
@@ -720,7 +725,7 @@ class GPT(nn.Module):
         out = {}
         for i, act in enumerate(self.activations()):
             if isinstance(act, PolyCom):
-                w = _powers_of_increasing_order(act.weight.detach().float().cpu())
+                w = _increasing_order(act.weight.detach().float().cpu())
                 for p in range(act.order, 0, -1):
                     out[f'layer{i}.a{p}'] = w[p - 1].item()
                 out[f'layer{i}.a0'] = act.bias.item()
