@@ -359,14 +359,14 @@ def _group_bounds(offsets):
     return list(zip([0] + ends[:-1], ends))
 
 
-def grouped_matmul_forward(a, b, offsets):
+def _grouped_matmul_eager(a, b, offsets):
     """out[rows of group g] = a[rows of group g] @ b[g]. a: (M, K) sorted by group; b: (G, K, N); offsets: (G,) int32."""
     if _grouped_mm_is_usable(a, b):
         return F.grouped_mm(a, b, offs=offsets)
     return torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(_group_bounds(offsets))], dim=0)
 
 
-def grouped_weight_grad(a, grad_out, offsets):
+def _grouped_weight_grad_eager(a, grad_out, offsets):
     """out[g] = a[rows of g]^T @ grad_out[rows of g]: (G, K, N). The 2-D x 2-D grouped_mm needs the row count
     aligned to 16 bytes, so pad with zero rows (they add nothing to any group)."""
     if _grouped_mm_is_usable(a, grad_out):
@@ -377,22 +377,45 @@ def grouped_weight_grad(a, grad_out, offsets):
     return torch.stack([a[s:e].t() @ grad_out[s:e] for s, e in _group_bounds(offsets)], dim=0)
 
 
-class GroupedMatmul(torch.autograd.Function):
-    """Differentiable grouped matmul. torch 2.13's grouped_mm has no CPU backward, but its backward is two more
-    grouped matmuls (dA = dY @ B^T per group, dB = A^T @ dY per group), so we build it from forward calls."""
+# The grouped matmul is registered as a custom op so that torch.compile treats it as one opaque kernel with a known
+# output shape: no graph break, even for the loop fallback and its host sync. (Tracing torch's grouped_mm directly
+# fails on CPU: its shape function accepts only bf16.) torch 2.13's grouped_mm has no CPU backward, but the backward
+# is two more grouped products, dA = dY @ B^T and dB = A^T @ dY per group, so we build it from forward calls.
 
-    @staticmethod
-    def forward(ctx, a, b, offsets):
-        ctx.save_for_backward(a, b, offsets)
-        return grouped_matmul_forward(a, b, offsets)
+@torch.library.custom_op("nanopoly::grouped_matmul", mutates_args=())
+def grouped_matmul(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return _grouped_matmul_eager(a, b, offsets)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        a, b, offsets = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        grad_a = grouped_matmul_forward(grad_out, b.transpose(1, 2), offsets)
-        grad_b = grouped_weight_grad(a, grad_out, offsets)
-        return grad_a, grad_b, None
+
+@grouped_matmul.register_fake
+def _(a, b, offsets):
+    return a.new_empty(a.shape[0], b.shape[-1])
+
+
+@torch.library.custom_op("nanopoly::grouped_weight_grad", mutates_args=())
+def grouped_weight_grad(a: torch.Tensor, grad_out: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return _grouped_weight_grad_eager(a, grad_out, offsets)
+
+
+@grouped_weight_grad.register_fake
+def _(a, grad_out, offsets):
+    return a.new_empty(offsets.shape[0], a.shape[1], grad_out.shape[1])
+
+
+def _grouped_matmul_setup_context(ctx, inputs, output):
+    a, b, offsets = inputs
+    ctx.save_for_backward(a, b, offsets)
+
+
+def _grouped_matmul_backward(ctx, grad_out):
+    a, b, offsets = ctx.saved_tensors
+    grad_out = grad_out.contiguous()
+    grad_a = grouped_matmul(grad_out, b.transpose(1, 2), offsets)     # (M, K)
+    grad_b = grouped_weight_grad(a, grad_out, offsets)                # (G, K, N)
+    return grad_a, grad_b, None
+
+
+grouped_matmul.register_autograd(_grouped_matmul_backward, setup_context=_grouped_matmul_setup_context)
 
 
 class MoE(nn.Module):
@@ -421,8 +444,9 @@ class MoE(nn.Module):
         The k chosen weights are renormalised to sum to 1 (Mixtral/OLMoE style) so the expert output has the scale of
         a dense FFN whatever E and k are. (With k = 1 this makes the weight 1, so the router then learns only from the
         load-balancing and z losses.)"""
+        router_dtype = torch.promote_types(x.dtype, torch.float32)     # fp32, or fp64 in the tests
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.router.weight.float())       # (N, E)
+            logits = F.linear(x.to(router_dtype), self.router.weight.to(router_dtype))   # (N, E)
         probs = logits.softmax(dim=-1)
         top_weight, top_expert = probs.topk(self.top_k, dim=-1)            # (N, k)
         top_weight = top_weight / top_weight.sum(dim=-1, keepdim=True)
@@ -437,12 +461,12 @@ class MoE(nn.Module):
     def experts(self, x_sorted, offsets):
         """x_sorted: (N*k, C) rows grouped by expert; offsets: (E,) int32 group ends. -> (N*k, C)"""
         dtype = x_sorted.dtype
-        h = GroupedMatmul.apply(x_sorted, self.w_fc.to(dtype), offsets)                      # (N*k, hidden)
+        h = grouped_matmul(x_sorted, self.w_fc.to(dtype), offsets)                      # (N*k, hidden)
         if self.gated:
-            h = self.activation(GroupedMatmul.apply(x_sorted, self.w_gate.to(dtype), offsets), offsets) * h
+            h = self.activation(grouped_matmul(x_sorted, self.w_gate.to(dtype), offsets), offsets) * h
         else:
             h = self.activation(h, offsets)
-        return GroupedMatmul.apply(h.to(dtype), self.w_proj.to(dtype), offsets)              # (N*k, C)
+        return grouped_matmul(h.to(dtype), self.w_proj.to(dtype), offsets)              # (N*k, C)
 
     def forward(self, x):
         B, T, C = x.shape
@@ -464,7 +488,7 @@ class MoE(nn.Module):
 
         # combine: undo the sort, then weight each token's k expert outputs (a gather, deterministic, no atomics)
         unsort = torch.empty_like(order).scatter_(0, order, torch.arange(N * k, device=x.device))
-        y = y_sorted[unsort].reshape(N, k, C).float()
+        y = y_sorted[unsort].reshape(N, k, C).to(top_weight.dtype)          # weighted sum in fp32 (or fp64)
         y = (y * top_weight.unsqueeze(-1)).sum(dim=1).to(x.dtype).reshape(B, T, C)
         if self.shared is not None:
             y = y + self.shared(x)
