@@ -1,0 +1,233 @@
+"""
+What users of train.py rely on: exact resume, DDP = one process, honest train_loss, a checkpoint that survives crashes
+and NaNs, clear errors for bad flags. Everything runs on CPU in float32 with tiny models (train.py as a subprocess,
+exactly as a user runs it).
+"""
+import json
+import math
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import checkpoint  # noqa: E402
+import peak_flops  # noqa: E402
+from configurator import ConfigError, parse_config  # noqa: E402
+from data.dataset import TokenDataset  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+from train_helpers import make_char_dataset, read_log, run_script, torchrun_train, train  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return make_char_dataset(tmp_path_factory.mktemp('data') / 'tiny_char')
+
+
+@pytest.fixture(scope='module')
+def single_run(data_dir, tmp_path_factory):
+    """One process, 4 micro-steps per iteration, 8 iterations: the reference for the DDP and train_loss tests."""
+    out = str(tmp_path_factory.mktemp('single'))
+    train(f'--dataset={data_dir}', f'--out_dir={out}', '--gradient_accumulation_steps=4', '--max_iters=8',
+          '--eval_interval=4', '--activation=polynorm')
+    return out
+
+
+def load_state(out_dir):
+    return checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))
+
+
+def assert_same_tensors(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_is_bitwise_exact_and_drops_rows_of_a_killed_run(data_dir, tmp_path):
+    # dropout on: resume must restore the RNG too, not only weights, optimizer and data position
+    common = [f'--dataset={data_dir}', '--gradient_accumulation_steps=2', '--eval_interval=4', '--dropout=0.1',
+              '--activation=polynorm']
+    straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+    train(*common, f'--out_dir={straight}', '--max_iters=8')
+
+    train(*common, f'--out_dir={resumed}', '--max_iters=4')            # checkpoint at iter 4
+    shutil.copy(os.path.join(resumed, 'ckpt.pt'), tmp_path / 'ckpt4.pt')
+    train(f'--out_dir={resumed}', '--init_from=resume', '--max_iters=6')  # logs rows 5, 6, saves ckpt at 6 ...
+    shutil.copy(tmp_path / 'ckpt4.pt', os.path.join(resumed, 'ckpt.pt'))  # ... which a kill "lost": back to iter 4
+    # resume needs no other flag: the checkpoint's config is the default
+    out = train(f'--out_dir={resumed}', '--init_from=resume', '--max_iters=8').stdout
+    assert 'iter 5:' in out and 'iter 0:' not in out
+
+    a, b = read_log(straight), read_log(resumed)
+    assert [r['iter'] for r in b] == [str(i) for i in range(9)]        # rows 5, 6 of the lost run are not duplicated
+    for column in ('iter', 'tokens', 'train_loss', 'val_loss', 'lr'):
+        assert [r[column] for r in a] == [r[column] for r in b], column   # same text = same float, bitwise
+    assert read_log(straight, 'coeffs.csv') == read_log(resumed, 'coeffs.csv')
+    sa, sb = load_state(straight), load_state(resumed)
+    assert_same_tensors(sa['model'], sb['model'])
+    for pa, pb in zip(sa['optimizer']['state'].values(), sb['optimizer']['state'].values()):
+        assert_same_tensors(pa, pb)
+    assert float(b[-1]['elapsed_s']) > float(b[4]['elapsed_s'])      # elapsed time continues across the resume
+
+
+def test_checkpoint_is_clean_and_complete(single_run):
+    ckpt = load_state(single_run)
+    assert not any(k.startswith(('_orig_mod.', 'module.')) for k in ckpt['model'])
+    for key in ('optimizer', 'scaler', 'model_args', 'config', 'iter_num', 'tokens', 'best_val_loss', 'rng',
+                'elapsed_s', 'data_position', 'meta'):
+        assert key in ckpt, key
+    assert ckpt['iter_num'] == ckpt['data_position']['iter'] == 8
+    assert ckpt['tokens'] == 8 * 4 * 4 * 16
+    GPT(GPTConfig(**ckpt['model_args']), verbose=False).load_state_dict(ckpt['model'])   # loads into a fresh model
+
+    summary = json.load(open(os.path.join(single_run, 'summary.json')))
+    assert summary['finished'] is True and summary['iter'] == 8
+    assert summary['final_val_loss'] == pytest.approx(float(read_log(single_run)[-1]['val_loss']))
+    assert summary['tokens_per_sec'] > 0 and summary['ms_per_iter'] > 0 and 0 < summary['mfu']
+    assert summary['peak_mem_mb'] > 0 and summary['total_params'] == summary['active_params'] > 0
+
+
+def test_log_columns(single_run):
+    rows = read_log(single_run)
+    assert list(rows[0]) == ['iter', 'tokens', 'train_loss', 'val_loss', 'lr', 'ms_per_iter', 'tokens_per_sec', 'mfu',
+                             'elapsed_s', 'balance_loss', 'z_loss', 'expert_cv']
+    assert rows[0]['iter'] == '0' and rows[0]['train_loss'] == '' and rows[0]['val_loss'] != ''  # eval at iter 0
+    assert [r['iter'] for r in rows if r['val_loss']] == ['0', '4', '8']   # every eval_interval and the last
+    assert all(r['expert_cv'] == '' for r in rows)                            # dense model
+    coeffs = read_log(single_run, 'coeffs.csv')
+    assert list(coeffs[0]) == ['iter'] + [f'layer{i}.a{p}' for i in range(2) for p in (3, 2, 1, 0)]
+
+
+def test_train_loss_is_the_mean_over_all_micro_steps(single_run, data_dir):
+    """The iter-1 train_loss equals the mean cross-entropy of the initial model over the 4 micro-batches of step 0,
+    recomputed here by hand, and not the loss of the first micro-batch alone."""
+    ckpt = load_state(single_run)
+    model = GPT(GPTConfig(**ckpt['model_args']), verbose=False)   # init depends only on init_seed: = the run's start
+    data, seed = TokenDataset(data_dir, 'train'), ckpt['config']['seed']
+    with torch.no_grad():
+        losses = [model(*data.get_batch(4, 16, seed, step=0, micro_step=k, micro_steps_per_rank=4))[1].item()
+                  for k in range(4)]
+    logged = float(read_log(single_run)[1]['train_loss'])
+    assert logged == pytest.approx(sum(losses) / 4, rel=1e-6)
+    assert abs(logged - losses[0]) > 1e-4
+
+
+def test_ddp_two_processes_match_one_process(single_run, tmp_path):
+    """torchrun with 2 gloo ranks x 2 micro-steps = one process x 4 micro-steps (same global batch). Not bitwise: the
+    gradient all-reduce and the eval all-reduce add in another order than one process's accumulation (float32
+    rounding, ~1e-7 relative per step), so losses agree to rel 1e-5 over 8 steps."""
+    ddp = str(tmp_path / 'ddp')
+    ckpt = load_state(single_run)
+    torchrun_train(2, f"--dataset={ckpt['config']['dataset']}", f'--out_dir={ddp}', '--gradient_accumulation_steps=4',
+                   '--max_iters=8', '--eval_interval=4', '--activation=polynorm')
+    a, b = read_log(single_run), read_log(ddp)
+    assert [r['iter'] for r in a] == [r['iter'] for r in b]
+    for column in ('train_loss', 'val_loss'):
+        for ra, rb in zip(a, b):
+            if ra[column]:
+                assert float(rb[column]) == pytest.approx(float(ra[column]), rel=1e-5), (column, ra['iter'])
+    assert load_state(ddp)['data_position']['iter'] == 8
+
+
+def test_gradient_accumulation_must_divide_across_ranks(data_dir, tmp_path, monkeypatch):
+    # the check runs before any process group exists, so torchrun's variables alone are enough to trigger it
+    for name, value in {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '2'}.items():
+        monkeypatch.setenv(name, value)
+    done = train(f'--dataset={data_dir}', f'--out_dir={tmp_path}', '--gradient_accumulation_steps=3', check=False)
+    assert done.returncode == 2 and 'must be divisible by the number of processes (2)' in done.stderr
+
+
+def test_resume_refuses_a_different_architecture(single_run, tmp_path):
+    out = str(tmp_path / 'copy')
+    shutil.copytree(single_run, out)
+    done = train(f'--out_dir={out}', '--init_from=resume', '--n_layer=3', check=False)
+    assert done.returncode == 2
+    assert 'n_layer=3 does not match the checkpoint' in done.stderr.strip().splitlines()[-1]
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    out = str(tmp_path)
+    train(f'--dataset={data_dir}', f'--out_dir={out}', '--max_iters=2', '--eval_interval=1')
+    # an absurd learning rate blows the weights up within a few steps; eval_interval=1 tries to save after every step
+    done = train(f'--out_dir={out}', '--init_from=resume', '--max_iters=40', '--learning_rate=1e9',
+                 '--decay_lr=False', check=False)
+    assert done.returncode == 1
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith('error: non-finite') and 'Last good checkpoint kept' in message
+    ckpt = load_state(out)
+    assert 2 <= ckpt['iter_num'] < 40
+    assert all(torch.isfinite(t).all() for t in ckpt['model'].values())
+    assert all(math.isfinite(float(r['train_loss'] or 0)) for r in read_log(out))
+
+
+def test_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    path = str(tmp_path / 'ckpt.pt')
+    good = {'model': {'w': torch.arange(1000.0)}, 'iter_num': 4}
+    checkpoint.save_atomic(good, path)
+    before = open(path, 'rb').read()
+
+    def crash_mid_write(obj, f, *args, **kwargs):
+        f.write(b'half a checkpoint')   # some bytes reach the file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, 'save', crash_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({'model': {'w': torch.zeros(1000)}, 'iter_num': 8}, path)
+    monkeypatch.undo()
+    assert open(path, 'rb').read() == before
+    assert checkpoint.load(path)['iter_num'] == 4
+    assert os.listdir(tmp_path) == ['ckpt.pt']   # no temp file left behind
+
+
+def test_bad_config_key_or_type_is_one_clear_line(tmp_path):
+    done = run_script(['train.py', '--n_layers=3'], check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: unknown config key 'n_layers' (from the command line); "
+                                                "did you mean 'n_layer'?"]
+    defaults = {'n_layer': 4, 'learning_rate': 1e-3, 'compile': False, 'activation': 'gelu'}
+    for arg, expected in [('--n_layer=2.5', "'n_layer' (from the command line) expects int, got 2.5 (float)"),
+                          ('--compile=1', "'compile' (from the command line) expects bool, got 1 (int)"),
+                          ('--learning_rate=fast', "'learning_rate' (from the command line) expects float"),
+                          ('--n_layer', "must look like --key=value")]:
+        with pytest.raises(ConfigError, match=expected.replace('(', r'\(').replace(')', r'\)')):
+            parse_config([arg], defaults)
+    config_file = tmp_path / 'conf.py'
+    config_file.write_text("import math\nn_layer = 6\nlearning_rate = 3\nactivation = 'polynorm'\n")
+    config, explicit = parse_config([str(config_file), '--n_layer=8', '--compile=True'], defaults)
+    assert config == {'n_layer': 8, 'learning_rate': 3.0, 'compile': True, 'activation': 'polynorm'}
+    assert explicit == {'n_layer', 'learning_rate', 'compile', 'activation'}
+    config_file.write_text("n_layers = 6\n")
+    with pytest.raises(ConfigError, match="unknown config key 'n_layers'"):
+        parse_config([str(config_file)], defaults)
+
+
+def test_moe_run_logs_aux_losses_and_expert_load(data_dir, tmp_path):
+    out = str(tmp_path)
+    train(f'--dataset={data_dir}', f'--out_dir={out}', '--max_iters=3', '--eval_interval=3', '--n_expert=4',
+          '--top_k=2', '--gradient_accumulation_steps=2')
+    rows = [r for r in read_log(out) if r['train_loss']]
+    assert len(rows) == 3
+    for r in rows:
+        assert float(r['balance_loss']) > 0.5 and float(r['z_loss']) > 0 and float(r['expert_cv']) >= 0
+    moe = read_log(out, 'moe.csv')
+    assert list(moe[0]) == ['iter', 'layer0_cv', 'layer1_cv'] and len(moe) == 3
+    summary = json.load(open(os.path.join(out, 'summary.json')))
+    assert summary['active_params'] < summary['total_params']
+
+
+def test_gpu_peak_table_and_cpu_peak_cache(tmp_path, monkeypatch):
+    assert peak_flops.gpu_peak_flops('NVIDIA H100 80GB HBM3') == 989e12
+    assert peak_flops.gpu_peak_flops('NVIDIA H100 PCIe') == 756e12
+    assert peak_flops.gpu_peak_flops('NVIDIA A100-SXM4-80GB') == 312e12
+    assert peak_flops.gpu_peak_flops('NVIDIA A10') == 125e12
+    assert peak_flops.gpu_peak_flops('NVIDIA A10G') is None          # unverified: MFU left empty, not wrong
+    assert peak_flops.gpu_peak_flops('NVIDIA L4') == 121e12
+    assert peak_flops.mfu(1e6, 1e3, None) is None
+    assert peak_flops.mfu(6e6, 1e4, 1e12, num_devices=2) == pytest.approx(0.03)
+    calls = []
+    monkeypatch.setattr(peak_flops, 'measure_cpu_matmul_flops', lambda: calls.append(1) or 5e10)
+    cache = str(tmp_path / 'cpu_peak.json')
+    assert peak_flops.cpu_peak_flops(cache) == peak_flops.cpu_peak_flops(cache) == 5e10
+    assert calls == [1]   # measured once, then read from the cache
