@@ -1,0 +1,486 @@
+"""
+Speed and memory of every activation, and of MoE against dense, measured side by side in one process.
+
+    python bench.py                                   # CPU: the default config below, writes BENCHMARKS.md
+    python bench.py --repeats=3 --activations=gelu,polynorm --modes=eager
+    python bench.py config/bench_gpu.py               # GPU: GPT-2-small size, bf16 autocast + torch.compile
+    python bench.py --profile=polynorm                # torch.profiler table of one variant's training step
+
+For every variant (activation x eager/compiled, plus MoE) it builds a model and its AdamW optimizer, warms it up, then
+times training steps (forward + backward + AdamW step + zero_grad) ROUND-ROBIN: repeat r times variant 1, 2, ..., n
+before repeat r+1 starts, with the starting variant rotated each repeat. A burst of load from another process then
+slows all variants of one repeat alike, and the ratio of two variants measured in the same repeat cancels it. We report
+the median step time over repeats and the median of those per-repeat ratios to GELU (same mode).
+
+MFU = model FLOPs per token (model.flops_per_token()) x tokens/s / peak. The peak on CPU is a float32 matmul measured
+in every repeat of this run (peak_flops.measure_cpu_matmul_flops, interleaved like the variants); on CUDA it is the
+datasheet table in peak_flops.py. Bytes saved for backward are counted over one eager forward of the whole model with
+torch.autograd.graph.saved_tensors_hooks: unique storages, parameters and buffers excluded (they live anyway), divided by B*T.
+
+The results go to the terminal and to a section of BENCHMARKS.md (one section per device kind, cpu or cuda, replaced
+on each run; the other sections are kept). Performance targets live here, never in timed unit tests.
+"""
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from configurator import ConfigError, parse_config
+from model import GPT, GPTConfig
+from peak_flops import _cpu_name, gpu_peak_flops, measure_cpu_matmul_flops
+
+# -----------------------------------------------------------------------------
+# default config values: the issue's CPU config (a small character-level model, random token ids: speed does not
+# depend on the data)
+n_layer = 4
+n_head = 4
+n_embd = 256
+block_size = 256            # T
+batch_size = 16             # B
+vocab_size = 65             # a fixed character vocabulary (Shakespeare's)
+arch = 'modern'             # 'modern' (RMSNorm + RoPE) or 'gpt2'
+poly_order = 3
+activations = 'gelu,relu,relu2,swiglu,polyrelu,polynorm'   # comma-separated keys of model.ACTIVATIONS; gelu is the baseline
+modes = 'eager,compiled'    # 'compiled' = torch.compile (inductor) of the model; the optimizer step stays eager
+# mixture of experts against dense: the same model with every FFN an MoE of n_expert experts, top_k routed
+moe_activations = 'gelu,polynorm'   # '' = no MoE rows
+moe_modes = 'eager,compiled'
+n_expert = 8
+top_k = 2
+expert_hidden = 0           # 0 = the dense FFN's hidden width
+# measurement
+repeats = 10                # timed rounds over all variants; the median is reported
+steps_per_repeat = 1        # training steps timed per variant per round (their mean is one sample)
+warmup_steps = 2            # untimed steps per variant first (compile, allocator, thread pool)
+matmul_peak = True          # CPU: measure the float32 matmul peak in every round (for MFU)
+# system
+device = 'cpu'              # 'cpu', 'cuda', 'cuda:N'
+dtype = 'float32'           # 'float32' or 'bfloat16' (autocast, fp32 master weights)
+seed = 1337
+out_file = 'BENCHMARKS.md'  # '' = print only
+profile = ''                # an activation name: profile its eager training step (torch.profiler) and exit
+profile_mode = 'eager'
+profile_moe = False
+profile_steps = 3
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
+
+# Targets on the CPU config, from issue 7: (figure key, description, limit, 'max' or 'min')
+TARGETS = [
+    (('step_ratio', 'polynorm', 'eager'), 'PolyNorm step time / GELU, eager', 1.10, 'max'),
+    (('step_ratio', 'polynorm', 'compiled'), 'PolyNorm step time / GELU, compiled', 1.02, 'max'),
+    (('step_ratio', 'polyrelu', 'eager'), 'PolyReLU step time / GELU, eager', 1.05, 'max'),
+    (('step_ratio', 'polyrelu', 'compiled'), 'PolyReLU step time / GELU, compiled', 1.00, 'max'),
+    (('saved_ratio', 'polynorm', None), 'bytes saved for backward, PolyNorm model / GELU model', 1.01, 'max'),
+    (('moe_ratio', 'gelu', 'eager'), 'MoE 8e top-2 / dense step time, GELU, eager', 1.9, 'max'),
+    (('moe_ratio', 'gelu', 'compiled'), 'MoE 8e top-2 / dense step time, GELU, compiled', 1.9, 'max'),
+    (('moe_ratio', 'polynorm', 'eager'), 'MoE 8e top-2 / dense step time, PolyNorm, eager', 1.9, 'max'),
+    (('moe_ratio', 'polynorm', 'compiled'), 'MoE 8e top-2 / dense step time, PolyNorm, compiled', 1.9, 'max'),
+    (('mfu', 'gelu', 'eager'), 'GELU MFU against the measured matmul peak, eager', 0.75, 'min'),
+    (('mfu', 'gelu', 'compiled'), 'GELU MFU against the measured matmul peak, compiled', 0.75, 'min'),
+]
+
+
+def split_list(text):
+    return [s.strip() for s in text.split(',') if s.strip()]
+
+
+def check_config(cfg):
+    """One clear line per mistake, before anything slow happens."""
+    from model import ACTIVATIONS
+    for key in ('activations', 'moe_activations'):
+        for name in split_list(cfg[key]):
+            if name not in ACTIVATIONS:
+                raise ValueError(f"unknown activation {name!r} in --{key}; valid: {', '.join(ACTIVATIONS)}")
+    if 'gelu' not in split_list(cfg['activations']):
+        raise ValueError("--activations must include gelu: every ratio is taken against GELU measured in the same run")
+    for key in ('modes', 'moe_modes'):
+        for mode in split_list(cfg[key]):
+            if mode not in ('eager', 'compiled'):
+                raise ValueError(f"unknown mode {mode!r} in --{key}; valid: eager, compiled")
+    if not split_list(cfg['modes']):
+        raise ValueError("--modes is empty; use eager, compiled or eager,compiled")
+    if cfg['dtype'] not in ('float32', 'bfloat16'):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {cfg['dtype']!r}")
+    if cfg['device'].startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg['device']!r} but torch.cuda.is_available() is False; use --device=cpu")
+    for key in ('repeats', 'steps_per_repeat', 'batch_size', 'block_size'):
+        if cfg[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+
+
+# -----------------------------------------------------------------------------
+# One variant = one model + optimizer + batch, stepped by step()
+
+
+class Variant:
+    def __init__(self, cfg, activation, mode, moe):
+        self.activation, self.mode, self.moe = activation, mode, moe
+        self.name = f"{'moe-' if moe else ''}{activation} {mode}"
+        self.device = cfg['device']
+        config = GPTConfig(block_size=cfg['block_size'], vocab_size=cfg['vocab_size'], n_layer=cfg['n_layer'],
+                           n_head=cfg['n_head'], n_embd=cfg['n_embd'], activation=activation,
+                           poly_order=cfg['poly_order'], arch=cfg['arch'], init_seed=cfg['seed'],
+                           n_expert=cfg['n_expert'] if moe else 0, top_k=cfg['top_k'],
+                           expert_hidden=cfg['expert_hidden'])
+        self.raw_model = GPT(config, verbose=False).to(self.device)
+        self.model = torch.compile(self.raw_model) if mode == 'compiled' else self.raw_model
+        device_type = 'cuda' if self.device.startswith('cuda') else 'cpu'
+        self.optimizer = self.raw_model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
+        self.ctx = (nullcontext() if cfg['dtype'] == 'float32' else
+                    torch.autocast(device_type=device_type, dtype=torch.bfloat16))
+        # the same random batch for every variant: the seed, not the variant, decides the token ids
+        generator = torch.Generator().manual_seed(cfg['seed'])
+        shape = (cfg['batch_size'], cfg['block_size'])
+        self.x = torch.randint(cfg['vocab_size'], shape, generator=generator).to(self.device)
+        self.y = torch.randint(cfg['vocab_size'], shape, generator=generator).to(self.device)
+        self.tokens_per_step = cfg['batch_size'] * cfg['block_size']
+        self.flops_per_token = self.raw_model.flops_per_token()
+        self.times = []          # seconds per step, one sample per round
+        self.peak_mem = None     # bytes, CUDA only
+
+    def step(self):
+        """One training step, as train.py does it (no grad clipping, no accumulation)."""
+        with self.ctx:
+            _, loss, aux = self.model(self.x, self.y, return_aux=True)
+            objective = loss + aux['aux_total']   # MoE balance and z losses (0 for dense)
+        objective.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def timed_steps(self, n):
+        """Mean seconds per step over n steps. CUDA runs asynchronously: synchronize before reading the clock."""
+        sync = torch.cuda.synchronize if self.device.startswith('cuda') else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.step()
+        sync()
+        return (time.perf_counter() - t0) / n
+
+    def measure_peak_memory(self):
+        """CUDA: the peak bytes of one step as if this were the only model in the process = the step's peak above
+        what was allocated before it, plus this model's own parameters and optimizer state."""
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.step()
+        torch.cuda.synchronize()
+        transient = torch.cuda.max_memory_allocated(self.device) - before
+        state = sum(t.numel() * t.element_size() for s in self.optimizer.state.values() for t in s.values()
+                    if torch.is_tensor(t))
+        params = sum(p.numel() * p.element_size() for p in self.raw_model.parameters())
+        self.peak_mem = transient + state + params
+
+
+def saved_bytes_per_token(variant):
+    """Bytes the autograd graph of one eager forward keeps for the backward, per token. Saved tensors are counted by
+    unique storage (a tensor saved by two ops, or views of one buffer, count once) and parameter storages are left
+    out, and so are buffers (the RoPE tables): they stay in memory whether or not a backward follows."""
+    model = variant.raw_model
+    param_storages = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    storages = {}
+
+    def pack(t):
+        if t.device.type != 'meta' and t.layout == torch.strided:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in param_storages:
+                storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), variant.ctx:
+        _, loss, aux = variant.raw_model(variant.x, variant.y, return_aux=True)
+    del loss, aux   # drops the graph and everything it saved
+    return sum(storages.values()) / variant.tokens_per_step
+
+
+# -----------------------------------------------------------------------------
+# The measurement
+
+
+def build_variants(cfg):
+    variants = [Variant(cfg, a, m, False) for m in split_list(cfg['modes']) for a in split_list(cfg['activations'])]
+    variants += [Variant(cfg, a, m, True) for m in split_list(cfg['moe_modes']) for a in split_list(cfg['moe_activations'])]
+    return variants
+
+
+def run_benchmark(cfg, log=print):
+    """Build, warm up and time every variant round-robin. Returns a dict of results (see summarize)."""
+    check_config(cfg)
+    load_before = load_average()
+    torch.manual_seed(cfg['seed'])
+    on_cuda = cfg['device'].startswith('cuda')
+    if on_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    variants = build_variants(cfg)
+    log(f"{len(variants)} variants: {', '.join(v.name for v in variants)}")
+
+    saved = {}   # (activation, moe) -> bytes per token; eager forward, mode does not matter
+    for v in variants:
+        if (v.activation, v.moe) not in saved:
+            saved[(v.activation, v.moe)] = saved_bytes_per_token(v)
+
+    t0 = time.perf_counter()
+    for v in variants:
+        t = time.perf_counter()
+        for _ in range(cfg['warmup_steps']):
+            v.step()
+        if on_cuda:
+            v.measure_peak_memory()
+        log(f"warm-up {v.name}: {time.perf_counter() - t:.1f} s")
+    log(f"warm-up done in {time.perf_counter() - t0:.0f} s; timing {cfg['repeats']} rounds")
+
+    peaks = []   # CPU matmul peak, FLOP/s, one per round
+    busy_before, t_rounds = cpu_seconds(), time.perf_counter()
+    for r in range(cfg['repeats']):
+        shift = r % len(variants)   # rotate the order so no variant always runs right after the same neighbour
+        for v in variants[shift:] + variants[:shift]:
+            v.times.append(v.timed_steps(cfg['steps_per_repeat']))
+        if not on_cuda and cfg['matmul_peak']:
+            peaks.append(measure_cpu_matmul_flops(reps=3))
+        log(f"round {r + 1}/{cfg['repeats']}: " + ', '.join(f"{v.name} {v.times[-1] * 1000:.0f}" for v in variants)
+            + ' ms' + (f"; matmul {peaks[-1] / 1e9:.0f} GFLOP/s" if peaks else ''))
+    busy_after, rounds_seconds = cpu_seconds(), time.perf_counter() - t_rounds
+    results = summarize(cfg, variants, saved, peaks, time.perf_counter() - t0)
+    results['load_before'] = load_before[0] if load_before else None
+    if busy_before and busy_after:   # CPU time of everything else on the machine, in cores, while we timed
+        others = (busy_after[0] - busy_before[0]) - (busy_after[1] - busy_before[1])
+        results['other_load'] = max(0.0, others / rounds_seconds)
+    return results
+
+
+def paired_ratio(a, b):
+    """Median over rounds of a[i] / b[i]: both measured in the same round, so a burst of outside load cancels."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def summarize(cfg, variants, saved, peaks, seconds):
+    on_cuda = cfg['device'].startswith('cuda')
+    if on_cuda:
+        name = torch.cuda.get_device_name(torch.device(cfg['device']))
+        peak, peak_note = gpu_peak_flops(name), 'datasheet dense bf16 peak (peak_flops.py)'
+    else:
+        peak = statistics.median(peaks) if peaks else None
+        peak_note = (f"float32 matmul measured in each of the {len(peaks)} rounds, median" if peaks else
+                     "not measured (--matmul_peak=False), MFU left empty")
+    by_key = {(v.activation, v.mode, v.moe): v for v in variants}
+    rows, figures = [], {}
+    for v in variants:
+        step = statistics.median(v.times)
+        tokens_per_sec = v.tokens_per_step / step
+        baseline = by_key.get(('gelu', v.mode, False))
+        dense = by_key.get((v.activation, v.mode, False))
+        row = dict(name=v.name, activation=v.activation, mode=v.mode, moe=v.moe, step_ms=step * 1000,
+                   step_ms_min=min(v.times) * 1000, tokens_per_sec=tokens_per_sec,
+                   mfu=v.flops_per_token * tokens_per_sec / peak if peak else None,
+                   ratio_gelu=paired_ratio(v.times, baseline.times) if baseline else None,
+                   ratio_dense=paired_ratio(v.times, dense.times) if v.moe and dense else None,
+                   saved_per_token=saved[(v.activation, v.moe)],
+                   saved_ratio=saved[(v.activation, v.moe)] / saved[('gelu', False)] if ('gelu', False) in saved else None,
+                   peak_mem_mb=v.peak_mem / 2 ** 20 if v.peak_mem is not None else None,
+                   flops_per_token=v.flops_per_token)
+        rows.append(row)
+        if not v.moe:
+            figures[('step_ratio', v.activation, v.mode)] = row['ratio_gelu']
+            figures[('mfu', v.activation, v.mode)] = row['mfu']
+            figures[('saved_ratio', v.activation, None)] = row['saved_ratio']
+        else:
+            figures[('moe_ratio', v.activation, v.mode)] = row['ratio_dense']
+    return dict(cfg=cfg, rows=rows, figures=figures, peak=peak, peak_note=peak_note, seconds=seconds,
+                machine=machine_info(cfg), load_before=None, other_load=None)
+
+
+def check_targets(results):
+    """[(description, limit text, measured value or None, 'pass' / 'FAIL' / 'not measured')] for every target."""
+    out = []
+    for key, text, limit, kind in TARGETS:
+        value = results['figures'].get(key)
+        is_mfu = key[0] == 'mfu'
+        limit_text = f"{'≥' if kind == 'min' else '≤'} " + (f"{limit:.0%}" if is_mfu else f"{limit:.2f}×")
+        if value is None:
+            out.append((text, limit_text, None, 'not measured'))
+            continue
+        ok = value >= limit if kind == 'min' else value <= limit
+        out.append((text, limit_text, f"{value:.1%}" if is_mfu else f"{value:.3f}×", 'pass' if ok else 'FAIL'))
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Reporting
+
+
+def machine_info(cfg):
+    if cfg['device'].startswith('cuda'):
+        hardware = torch.cuda.get_device_name(torch.device(cfg['device']))
+    else:
+        hardware = _cpu_name()
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = (commit + (' + uncommitted changes' if dirty else '')) if commit else 'unknown'
+    except (OSError, subprocess.SubprocessError):
+        commit = 'unknown'
+    return dict(hardware=hardware, cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version(), date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
+                commit=commit)
+
+
+def load_average():
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def cpu_seconds():
+    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process) on Linux, else None. The load
+    average cannot tell our own threads from other people's jobs; the difference of these two can."""
+    try:
+        with open('/proc/stat') as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    own = os.times()
+    return busy / os.sysconf('SC_CLK_TCK'), own.user + own.system
+
+
+def fmt(value, spec, empty='—'):
+    return empty if value is None else format(value, spec)
+
+
+TABLE_COLUMNS = ['variant', 'step ms (median)', 'step ms (min)', 'tokens/s', 'MFU', '× GELU', '× dense',
+                 'saved B/token', 'saved × GELU', 'peak MiB']
+
+
+def table_rows(results):
+    return [[r['name'], fmt(r['step_ms'], '.1f'), fmt(r['step_ms_min'], '.1f'), fmt(r['tokens_per_sec'], ',.0f'),
+             fmt(r['mfu'], '.1%'), fmt(r['ratio_gelu'], '.3f'), fmt(r['ratio_dense'], '.3f'),
+             fmt(r['saved_per_token'], ',.0f'), fmt(r['saved_ratio'], '.4f'), fmt(r['peak_mem_mb'], ',.0f')]
+            for r in results['rows']]
+
+
+def text_table(header, rows):
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: '  '.join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return '\n'.join([line(header), line(['-' * w for w in widths])] + [line(r) for r in rows])
+
+
+def markdown_table(header, rows):
+    return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] +
+                     ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows])
+
+
+def markdown_section(results):
+    cfg, m = results['cfg'], results['machine']
+    other = results.get('other_load')
+    load_text = (f"other processes used {other:.2f} CPU cores on average while the rounds were timed"
+                 if other is not None else 'CPU use of other processes unknown')
+    busy = other is not None and other > 0.3 and not cfg['device'].startswith('cuda')
+    model_text = (f"{cfg['n_layer']} layers, {cfg['n_head']} heads, d = {cfg['n_embd']}, T = {cfg['block_size']}, "
+                  f"B = {cfg['batch_size']}, vocab {cfg['vocab_size']}, arch {cfg['arch']}, poly_order "
+                  f"{cfg['poly_order']}, {cfg['dtype']}; MoE: {cfg['n_expert']} experts, top-{cfg['top_k']}, "
+                  f"expert hidden {'= dense hidden' if cfg['expert_hidden'] == 0 else cfg['expert_hidden']}")
+    lines = [
+        f"- machine: {m['hardware']}, {m['cores']} cores, {m['threads']} torch threads; torch {m['torch']}, "
+        f"Python {m['python']}",
+        f"- date: {m['date']}; git commit: {m['commit']}; {load_text} (load average before the run: "
+        f"{fmt(results['load_before'], '.2f')})",
+        *(["- **measured while other processes loaded this CPU**: the ratios are paired per round and stay usable; "
+           "absolute times, tokens/s and MFU are pessimistic"] if busy else []),
+        f"- config: {model_text}",
+        f"- measurement: {cfg['repeats']} rounds x {cfg['steps_per_repeat']} step(s) per variant after "
+        f"{cfg['warmup_steps']} warm-up steps, round-robin; step = forward + backward + AdamW step + zero_grad; "
+        f"{results['seconds']:.0f} s in all",
+        f"- MFU peak: {fmt(results['peak'] and results['peak'] / 1e9, ',.1f')} GFLOP/s ({results['peak_note']})",
+        "- step ms = median over rounds; × GELU / × dense = median over rounds of the ratio measured in the same "
+        "round (same mode); saved B/token = bytes saved for backward per token (unique storages, no parameters or buffers)",
+        "",
+        markdown_table(TABLE_COLUMNS, table_rows(results)),
+        "",
+        "Targets (issue 7; set for the CPU config, ratios to GELU measured in the same run):",
+        "",
+        markdown_table(['target', 'limit', 'measured', 'result'],
+                       [[t, l, fmt(v, 's'), s] for t, l, v, s in check_targets(results)]),
+    ]
+    return '\n'.join(lines)
+
+
+def write_markdown(results, path):
+    """Replace this device kind's section of path (between its markers), keep everything else."""
+    kind = 'cuda' if results['cfg']['device'].startswith('cuda') else 'cpu'
+    begin, end = f"<!-- bench:{kind} begin -->", f"<!-- bench:{kind} end -->"
+    title = {'cpu': '## CPU', 'cuda': '## GPU'}[kind]
+    section = f"{begin}\n{title}: {results['machine']['hardware']}\n\n{markdown_section(results)}\n{end}"
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ("# Benchmarks\n\nWritten by `python bench.py` (CPU) and `python bench.py config/bench_gpu.py` (GPU); "
+                "each run replaces its own section.\n")
+    pattern = re.compile(re.escape(begin) + '.*?' + re.escape(end), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip('\n') + '\n\n' + section
+    with open(path, 'w') as f:
+        f.write(text.rstrip('\n') + '\n')
+
+
+def print_results(results, log=print):
+    log(text_table(TABLE_COLUMNS, table_rows(results)))
+    log('')
+    log(text_table(['target', 'limit', 'measured', 'result'],
+                   [[t, l, fmt(v, 's'), s] for t, l, v, s in check_targets(results)]))
+
+
+# -----------------------------------------------------------------------------
+# Profiling one variant: where does its step time go?
+
+
+def profile_variant(cfg, activation, mode='eager', moe=False, steps=3, row_limit=25):
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    variant = Variant(cfg, activation, mode, moe)
+    for _ in range(cfg['warmup_steps']):
+        variant.step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cfg['device'].startswith('cuda') else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            variant.step()
+    sort_by = 'self_cuda_time_total' if cfg['device'].startswith('cuda') else 'self_cpu_time_total'
+    return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
+
+
+def main(argv):
+    try:
+        cfg, _ = parse_config(argv, DEFAULTS)
+        check_config(cfg)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if cfg['profile']:
+        print(profile_variant(cfg, cfg['profile'], cfg['profile_mode'], cfg['profile_moe'], cfg['profile_steps']))
+        return
+    load = load_average()
+    if load and load[0] > 0.3 * (os.cpu_count() or 1) and not cfg['device'].startswith('cuda'):
+        print(f"note: load average {load[0]:.2f}: other processes share this CPU; the ratios stay fair "
+              f"(round-robin), the absolute times and MFU do not")
+    results = run_benchmark(cfg)
+    print()
+    print_results(results)
+    if cfg['out_file']:
+        write_markdown(results, cfg['out_file'])
+        print(f"\nwrote {cfg['out_file']}")
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

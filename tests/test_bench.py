@@ -1,0 +1,84 @@
+"""bench.py on a tiny config, one round: the table and BENCHMARKS.md come out with the right rows.
+No timing assertions here: performance targets are checked by bench.py itself on a full run, never in unit tests."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(bench.DEFAULTS, n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=2, activations='gelu,polynorm',
+            modes='eager', moe_activations='gelu', moe_modes='eager', n_expert=4, top_k=2, repeats=1,
+            warmup_steps=1, matmul_peak=False, out_file='')
+
+
+@pytest.fixture(scope='module')
+def results():
+    return bench.run_benchmark(dict(TINY), log=lambda *a: None)
+
+
+def test_one_row_per_variant_with_ratios_to_gelu_and_dense(results):
+    rows = {r['name']: r for r in results['rows']}
+    assert list(rows) == ['gelu eager', 'polynorm eager', 'moe-gelu eager']
+    assert rows['gelu eager']['ratio_gelu'] == pytest.approx(1.0)
+    assert rows['polynorm eager']['ratio_gelu'] > 0 and rows['polynorm eager']['ratio_dense'] is None
+    assert rows['moe-gelu eager']['ratio_dense'] > 0
+    for r in rows.values():
+        assert r['step_ms'] > 0 and r['tokens_per_sec'] > 0 and r['saved_per_token'] > 0
+        assert r['mfu'] is None and r['peak_mem_mb'] is None     # no matmul peak asked for; CPU has no CUDA peak
+
+
+def test_saved_bytes_count_activations_not_parameters(results):
+    # activations grow with the batch, parameters and buffers do not: leaving those out makes the count per token the
+    # same whatever the batch size
+    per_token = [bench.saved_bytes_per_token(bench.Variant(dict(TINY, batch_size=b), 'polynorm', 'eager', False))
+                 for b in (2, 5)]
+    assert per_token[0] == pytest.approx(per_token[1], abs=1.0)   # (a few scalars, e.g. the loss, do not scale)
+    rows = {r['name']: r for r in results['rows']}
+    assert rows['moe-gelu eager']['saved_per_token'] > rows['gelu eager']['saved_per_token']   # k = 2 experts/token
+    assert rows['polynorm eager']['saved_ratio'] <= 1.01    # PolyNorm keeps x and r inverse RMS values per token
+
+
+def test_markdown_has_machine_config_table_and_every_target(results, tmp_path):
+    path = tmp_path / 'BENCHMARKS.md'
+    bench.write_markdown(results, str(path))
+    text = path.read_text()
+    for needed in ('## CPU', 'machine:', 'torch', 'git commit:', 'config: 1 layers', '1 rounds', 'load average',
+                   '| gelu eager |', '| polynorm eager |', '| moe-gelu eager |', '| variant | step ms (median) |'):
+        assert needed in text, needed
+    for _, description, _, _ in bench.TARGETS:
+        assert f"| {description} |" in text
+    assert '| PolyNorm step time / GELU, compiled | ≤ 1.02× | — | not measured |' in text
+    target_rows = [line for line in text.splitlines() if line.startswith('| PolyNorm step time / GELU, eager |')]
+    assert len(target_rows) == 1 and target_rows[0].endswith(('| pass |', '| FAIL |'))
+
+
+def test_a_second_run_replaces_its_own_section_and_keeps_the_rest(results, tmp_path):
+    path = tmp_path / 'BENCHMARKS.md'
+    path.write_text('# Benchmarks\n\nnotes by hand\n\n<!-- bench:cuda begin -->\n## GPU: H100\n<!-- bench:cuda end -->\n')
+    bench.write_markdown(results, str(path))
+    bench.write_markdown(results, str(path))
+    text = path.read_text()
+    assert text.count('<!-- bench:cpu begin -->') == 1 and text.count('| gelu eager |') == 1
+    assert 'notes by hand' in text and '## GPU: H100' in text
+
+
+def test_printed_table_lists_every_variant_and_target(results):
+    lines = []
+    bench.print_results(results, log=lines.append)
+    text = '\n'.join(lines)
+    assert 'moe-gelu eager' in text and 'GELU MFU against the measured matmul peak, eager' in text
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--activations=polynorm', 'must include gelu'),
+    ('--activations=gelu,tanh', "unknown activation 'tanh'"),
+    ('--modes=jit', "unknown mode 'jit'"),
+    ('--repets=3', "did you mean 'repeats'"),
+])
+def test_bad_flags_fail_in_one_line(flag, message):
+    proc = subprocess.run([sys.executable, 'bench.py', flag], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
