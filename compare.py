@@ -257,7 +257,7 @@ def read_log(path):
 
 def seed_band(logs, column, x_columns=('tokens', 'elapsed_s')):
     """Mean and std of `column` over seeds at the iterations every seed logged it.
-    Returns {'iter', 'mean', 'std', <x columns>: mean over seeds} or None."""
+    Returns {'iter', 'mean', 'std', <x columns>: median over seeds} or None."""
     series = []
     for log in logs:
         if log is None or column not in log:
@@ -278,7 +278,8 @@ def seed_band(logs, column, x_columns=('tokens', 'elapsed_s')):
     band = {'iter': common, 'mean': values.mean(0), 'std': std, 'n': len(picked)}
     for x in x_columns:
         if all(x in p for p in picked):
-            band[x] = np.stack([p[x] for p in picked]).mean(0)
+            # median: one seed slowed down by another job on the machine should not drag the time axis
+            band[x] = np.median(np.stack([p[x] for p in picked]), axis=0)
     return band
 
 
@@ -497,8 +498,8 @@ def plot_loss_curves(runs, colors, path):
                                 color=colors[act], alpha=0.2, lw=0)
                 if x_key == 'tokens':
                     shown += list(zip(val['iter'] / max(val['iter'].max(), 1), val['mean']))
-    # the first steps fall from ln(vocab) and would squash the part worth comparing: scale y to the last 90%
-    late = [y for frac, y in shown if frac >= 0.1 and np.isfinite(y)]
+    # the first steps fall from ln(vocab) and would squash the part worth comparing: scale y to the last 80%
+    late = [y for frac, y in shown if frac >= 0.2 and np.isfinite(y)]
     if late:
         low, high = min(late), max(late)
         pad = 0.05 * max(high - low, 1e-3)
@@ -792,7 +793,8 @@ def main(argv):
     if not acts or not seed_list:
         raise CompareError('need at least one activation and one seed, e.g. --activations=gelu,polynorm --seeds=1')
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    command = ' '.join(['python compare.py', *argv])
+    # the command that trains these runs (a --replot of them re-reads what that command wrote)
+    command = ' '.join(['python compare.py', *(a for a in argv if a.split('=')[0] not in ('--replot', '--plot_only'))])
     if not (replot or plot_only):
         from model import ACTIVATIONS                                       # fail before any run on a typo
         unknown = [a for a in acts if a not in ACTIVATIONS]
