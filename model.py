@@ -103,14 +103,32 @@ def _compute_dtype(x):
     return torch.promote_types(x.dtype, torch.float32)   # fp32 for fp16/bf16/fp32 inputs, fp64 stays fp64
 
 
-def _polynomial(x, coefs, constant):
+# On CPU these activations are memory-bound: the FFN hidden tensor (B*T, hidden) is 16-32 MB at the bench config,
+# larger than the caches, and each of the ~20 elementwise passes of forward + backward would stream it from DRAM. So
+# eager CPU runs all passes over one block of rows before the next block: x, g and the temporaries of a 2 MB block
+# stay in cache. Measured (bench.py config, 2 threads, forward + backward of a (4096, 1024) fp32 tensor): PolyNorm
+# 20.9 -> 11.1 ms, PolyReLU 23.0 -> 11.1 ms (GELU: 3.8 ms); on the MoE's (8192, 1024): 62 -> 21 ms. Blocks of 0.5 to
+# 8 MB were tried, 2 MB was best. On GPU and under torch.compile (which fuses the passes) the whole tensor is one block.
+ROW_BLOCK_BYTES = 2 * 1024 * 1024
+
+
+def _row_blocks(x):
+    """x: (N, H) -> slices of rows, ~ROW_BLOCK_BYTES each on eager CPU, one slice of all rows otherwise."""
+    n = x.shape[0]
+    if x.device.type != 'cpu' or torch.compiler.is_compiling():
+        return [slice(0, n)]
+    rows = max(1, ROW_BLOCK_BYTES // (x.shape[1] * x.element_size()))
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
+def _polynomial(x, coefs, constant, out=None):
     """constant + Σ_{p=1..r} coefs[..., p-1] · x^p by Horner's rule, in one output buffer: r elementwise passes and
     no stored powers. x: (..., H); coefs: (..., r) one set per row, or (r,) shared; constant: broadcastable to x.
-    The out= calls update the buffer in place (eager on CPU: every fresh 16 MB tensor costs page faults)."""
+    out: the buffer to write (a fresh tensor when None); it must not be x."""
     r = coefs.shape[-1]
     if r == 1:
-        return torch.addcmul(constant, x, coefs[..., :1])
-    out = torch.addcmul(coefs[..., r - 2:r - 1], x, coefs[..., r - 1:r])   # c_{r-1} + x c_r
+        return torch.addcmul(constant, x, coefs[..., :1], out=out)
+    out = torch.addcmul(coefs[..., r - 2:r - 1], x, coefs[..., r - 1:r], out=out)   # c_{r-1} + x c_r
     for p in range(r - 2, 0, -1):
         torch.addcmul(coefs[..., p - 1:p], x, out, out=out)               # out = c_p + x * out
     return torch.addcmul(constant, x, out, out=out)
@@ -122,25 +140,28 @@ def _increasing_order(weight):
 
 
 class PolyNormFunction(torch.autograd.Function):
-    """y = bias + Σ_p w_p · s_p · x^p with s_p = (mean(x^(2p)) + eps)^(-1/2) per row. Saves x and s (..., r)."""
+    """y = bias + Σ_p w_p · s_p · x^p with s_p = (mean(x^(2p)) + eps)^(-1/2) per row. Saves x and s (N, r)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        xc = x.to(_compute_dtype(x))                           # (..., H)
-        r, width = weight.numel(), x.shape[-1]
-        w = _increasing_order(weight).to(xc.dtype)
-        # s_p from mean((x^p)²) = ||x^p||² / H, one power buffer multiplied by x in place
-        power, inv_rms = xc, []
-        for p in range(1, r + 1):
-            if p == 2:
-                power = xc * xc
-            elif p > 2:
-                power.mul_(xc)
-            inv_rms.append(torch.rsqrt(torch.linalg.vector_norm(power, dim=-1).square() / width + eps))
-        inv_rms = torch.stack(inv_rms, dim=-1)                 # (..., r)
-        y = _polynomial(xc, inv_rms * w, bias.to(xc.dtype))   # (..., H)
+        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
+        r, width = weight.numel(), xc.shape[-1]
+        w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
+        y, inv_rms = torch.empty_like(xc), xc.new_empty(xc.shape[0], r)   # (N, H), (N, r)
+        for rows in _row_blocks(xc):
+            xb = xc[rows]
+            # s_p from mean((x^p)²) = ||x^p||² / H, one power buffer multiplied by x in place
+            power, s = xb, []
+            for p in range(1, r + 1):
+                if p == 2:
+                    power = xb * xb
+                elif p > 2:
+                    power.mul_(xb)
+                s.append(torch.rsqrt(torch.linalg.vector_norm(power, dim=-1).square() / width + eps))
+            inv_rms[rows] = torch.stack(s, dim=-1)
+            _polynomial(xb, inv_rms[rows] * w, b, out=y[rows])
         ctx.save_for_backward(x, weight, inv_rms)
-        return y.to(x.dtype)
+        return y.view(x.shape).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -148,36 +169,35 @@ class PolyNormFunction(torch.autograd.Function):
         #   dL/dx   = Σ_p w_p (p x^{p-1} s_p g − (p/H) s_p³ d_p x^{2p-1})
         #   dL/dw_p = Σ_rows s_p d_p,   dL/dbias = Σ g
         x, weight, inv_rms = ctx.saved_tensors
-        xc = x.to(_compute_dtype(x))
-        g = grad_out.to(xc.dtype)
-        r, width = weight.numel(), x.shape[-1]
+        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
+        g = grad_out.to(xc.dtype).reshape(xc.shape)
+        r, width = weight.numel(), xc.shape[-1]
         w = _increasing_order(weight).to(xc.dtype)
         p = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype)   # (r,) the powers 1..r
-
-        # d_p = <g, x^p>: multiply one copy of g by x, one power at a time
-        scratch = g * xc
-        dots = [scratch.sum(-1)]
-        for _ in range(r - 1):
-            dots.append(scratch.mul_(xc).sum(-1))
-        dots = torch.stack(dots, dim=-1)                        # (..., r)
-
-        # first term: g · Σ_p p w_p s_p x^{p-1}, a polynomial of degree r-1 in x
-        slope = p * w * inv_rms                                 # (..., r)
-        grad_x = _polynomial(xc, slope[..., 1:], slope[..., :1]) if r > 1 else slope[..., :1].expand_as(xc).clone()
-        grad_x.mul_(g)
-        # second term: Σ_p k_p x^{2p-1} = x · Σ_p k_p (x²)^{p-1}, with k_p = (p/H) w_p s_p³ d_p
-        k = p / width * w * inv_rms.pow(3) * dots               # (..., r)
-        if r > 1:
-            torch.mul(xc, xc, out=scratch)
-            odd = _polynomial(scratch, k[..., 1:], k[..., :1])
-        else:
-            odd = k[..., :1]
-        grad_x.addcmul_(xc, odd, value=-1.0)
-
-        grad_w = (inv_rms * dots).reshape(-1, r).sum(0)         # (r,) in increasing-power order
-        grad_weight = _increasing_order(grad_w).to(weight.dtype)
-        grad_bias = g.sum().reshape(1).to(weight.dtype)
-        return grad_x.to(x.dtype), grad_weight, grad_bias, None
+        grad_x, dots, g_sums = torch.empty_like(xc), xc.new_empty(xc.shape[0], r), xc.new_empty(xc.shape[0])
+        for rows in _row_blocks(xc):
+            xb, gb, s, gx = xc[rows], g[rows], inv_rms[rows], grad_x[rows]
+            # d_p = <g, x^p>: multiply one copy of g by x, one power at a time
+            scratch = gb * xb
+            d = [scratch.sum(-1)]
+            for _ in range(r - 1):
+                d.append(scratch.mul_(xb).sum(-1))
+            d = torch.stack(d, dim=-1)                              # (n, r)
+            dots[rows], g_sums[rows] = d, gb.sum(-1)
+            # first term: g · Σ_p p w_p s_p x^{p-1}, a polynomial of degree r-1 in x
+            slope = p * w * s                                       # (n, r)
+            if r > 1:
+                _polynomial(xb, slope[:, 1:], slope[:, :1], out=gx)
+            else:
+                gx.copy_(slope[:, :1].expand_as(xb))
+            gx.mul_(gb)
+            # second term: Σ_p k_p x^{2p-1} = x · Σ_p k_p (x²)^{p-1}, with k_p = (p/H) w_p s_p³ d_p
+            k = p / width * w * s.pow(3) * d                        # (n, r)
+            odd = _polynomial(torch.mul(xb, xb, out=scratch), k[:, 1:], k[:, :1]) if r > 1 else k[:, :1]
+            gx.addcmul_(xb, odd, value=-1.0)
+        grad_weight = _increasing_order((inv_rms * dots).sum(0)).to(weight.dtype)
+        grad_bias = g_sums.sum().reshape(1).to(weight.dtype)
+        return grad_x.view(x.shape).to(x.dtype), grad_weight, grad_bias, None
 
 
 def _relu_and_slope(x):
@@ -205,36 +225,45 @@ class PolyBaseFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, base):
-        xc = x.to(_compute_dtype(x))
-        w = _increasing_order(weight).to(xc.dtype)
-        rho = torch.relu(xc) if base == 'relu' else POINTWISE_BASES[base](xc)[0]   # relu: skip its slope
-        y = _polynomial(rho, w, bias.to(xc.dtype))
+        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
+        w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
+        y = torch.empty_like(xc)
+        for rows in _row_blocks(xc):
+            xb = xc[rows]
+            rho = torch.relu(xb) if base == 'relu' else POINTWISE_BASES[base](xb)[0]   # relu: skip its slope
+            _polynomial(rho, w, b, out=y[rows])
         ctx.save_for_backward(x, weight)
         ctx.base = base
-        return y.to(x.dtype)
+        return y.view(x.shape).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         # dL/dx = g · ρ'(x) · Σ_p p w_p ρ^{p-1};  dL/dw_p = Σ g ρ^p;  dL/dbias = Σ g
         x, weight = ctx.saved_tensors
-        xc = x.to(_compute_dtype(x))
-        g = grad_out.to(xc.dtype)
+        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
+        g = grad_out.to(xc.dtype).reshape(xc.shape)
         r = weight.numel()
         w = _increasing_order(weight).to(xc.dtype)
-        rho, rho_slope = POINTWISE_BASES[ctx.base](xc)
-
-        # Σ g ρ^p for p = 1..r: one copy of g multiplied by ρ one power at a time
-        scratch = g * rho
-        sums = [scratch.sum()]
-        for _ in range(r - 1):
-            sums.append(scratch.mul_(rho).sum())
-        grad_weight = _increasing_order(torch.stack(sums)).to(weight.dtype)
-
         slope = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype) * w      # (r,): p w_p
-        grad_x = _polynomial(rho, slope[1:], slope[:1]) if r > 1 else slope[:1].expand_as(xc).clone()
-        grad_x.mul_(g).mul_(rho_slope)
-        grad_bias = g.sum().reshape(1).to(weight.dtype)
-        return grad_x.to(x.dtype), grad_weight, grad_bias, None
+        grad_x, sums = torch.empty_like(xc), []
+        for rows in _row_blocks(xc):
+            xb, gb, gx = xc[rows], g[rows], grad_x[rows]
+            rho, rho_slope = POINTWISE_BASES[ctx.base](xb)
+            # Σ g ρ^p for p = 0..r (p = 0: the bias): one copy of g multiplied by ρ one power at a time
+            scratch = gb * rho
+            block_sums = [gb.sum(), scratch.sum()]
+            for _ in range(r - 1):
+                block_sums.append(scratch.mul_(rho).sum())
+            sums.append(torch.stack(block_sums))                    # (r+1,)
+            if r > 1:
+                _polynomial(rho, slope[1:], slope[:1], out=gx)
+            else:
+                gx.copy_(slope[:1].expand_as(xb))
+            gx.mul_(gb).mul_(rho_slope)
+        sums = torch.stack(sums).sum(0)                             # (r+1,) over all blocks
+        grad_weight = _increasing_order(sums[1:]).to(weight.dtype)
+        grad_bias = sums[:1].to(weight.dtype)
+        return grad_x.view(x.shape).to(x.dtype), grad_weight, grad_bias, None
 
 
 class PolyCom(nn.Module):

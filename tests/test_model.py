@@ -348,3 +348,17 @@ def test_sequence_longer_than_block_size_raises():
     model = GPT(tiny_config(), verbose=False)
     with pytest.raises(ValueError, match="block_size"):
         model(torch.zeros((1, 17), dtype=torch.long))
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_row_blocked_cpu_path_equals_reference(order, monkeypatch):
+    """Eager CPU runs the PolyCom passes block by block of rows (cache locality); force many small blocks."""
+    import model
+    monkeypatch.setattr(model, 'ROW_BLOCK_BYTES', 3 * 24 * 8)    # 3 rows of float64 per block, 15 rows in all
+    x, weight, bias, upstream = random_problem(order)
+    for fn, ref_fn in ((lambda x, w, b: PolyNormFunction.apply(x, w, b, 1e-6), reference_polynorm),
+                       (lambda x, w, b: PolyBaseFunction.apply(x, w, b, 'relu'), reference_polyrelu)):
+        ours = value_and_grads(fn, x, weight, bias, upstream)
+        ref = value_and_grads(ref_fn, x, weight, bias, upstream)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
