@@ -10,7 +10,8 @@ For every variant (activation x eager/compiled, plus MoE) it builds a model and 
 times training steps (forward + backward + AdamW step + zero_grad) ROUND-ROBIN: repeat r times variant 1, 2, ..., n
 before repeat r+1 starts, with the starting variant rotated each repeat. A burst of load from another process then
 slows all variants of one repeat alike, and the ratio of two variants measured in the same repeat cancels it. We report
-the median step time over repeats and the median of those per-repeat ratios to GELU (same mode).
+the median step time over repeats, the median of the per-repeat ratios to GELU (same mode) and, for the targets, the
+quartiles of those ratios: a limit that lies between the quartiles is marked borderline.
 
 MFU = model FLOPs per token (model.flops_per_token()) x tokens/s / peak. The peak on CPU is a float32 matmul measured
 in every repeat of this run (peak_flops.measure_cpu_matmul_flops, interleaved like the variants); on CUDA it is the
@@ -56,7 +57,7 @@ n_expert = 8
 top_k = 2
 expert_hidden = 0           # 0 = the dense FFN's hidden width
 # measurement
-repeats = 10                # timed rounds over all variants; the median is reported
+repeats = 15                # timed rounds over all variants; medians and quartiles are reported
 steps_per_repeat = 1        # training steps timed per variant per round (their mean is one sample)
 warmup_steps = 2            # untimed steps per variant first (compile, allocator, thread pool)
 matmul_peak = True          # CPU: measure the float32 matmul peak in every round (for MFU)
@@ -64,10 +65,11 @@ matmul_peak = True          # CPU: measure the float32 matmul peak in every roun
 device = 'cpu'              # 'cpu', 'cuda', 'cuda:N'
 dtype = 'float32'           # 'float32' or 'bfloat16' (autocast, fp32 master weights)
 seed = 1337
+malloc_keep_heap = False    # Linux CPU: glibc serves no tensor from fresh mmap pages (see keep_freed_memory_in_heap)
 out_file = 'BENCHMARKS.md'  # '' = print only
-profile = ''                # an activation name: profile its eager training step (torch.profiler) and exit
-profile_mode = 'eager'
-profile_moe = False
+profile = ''                # an activation name: print a torch.profiler table of its training step and exit
+profile_mode = 'eager'      # ... of its eager or compiled variant
+profile_moe = False         # ... of its MoE variant
 profile_steps = 3
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
@@ -95,13 +97,13 @@ def split_list(text):
 def check_config(cfg):
     """One clear line per mistake, before anything slow happens."""
     from model import ACTIVATIONS
-    for key in ('activations', 'moe_activations'):
+    for key in ('activations', 'moe_activations', 'profile'):
         for name in split_list(cfg[key]):
             if name not in ACTIVATIONS:
                 raise ValueError(f"unknown activation {name!r} in --{key}; valid: {', '.join(ACTIVATIONS)}")
     if 'gelu' not in split_list(cfg['activations']):
         raise ValueError("--activations must include gelu: every ratio is taken against GELU measured in the same run")
-    for key in ('modes', 'moe_modes'):
+    for key in ('modes', 'moe_modes', 'profile_mode'):
         for mode in split_list(cfg[key]):
             if mode not in ('eager', 'compiled'):
                 raise ValueError(f"unknown mode {mode!r} in --{key}; valid: eager, compiled")
@@ -147,7 +149,7 @@ class Variant:
         self.peak_mem = None     # bytes, CUDA only
 
     def step(self):
-        """One training step, as train.py does it (no grad clipping, no accumulation)."""
+        """One training step as train.py takes it, without gradient clipping and accumulation."""
         with self.ctx:
             _, loss, aux = self.model(self.x, self.y, return_aux=True)
             objective = loss + aux['aux_total']   # MoE balance and z losses (0 for dense)
@@ -185,13 +187,13 @@ def saved_bytes_per_token(variant):
     unique storage (a tensor saved by two ops, or views of one buffer, count once) and parameter storages are left
     out, and so are buffers (the RoPE tables): they stay in memory whether or not a backward follows."""
     model = variant.raw_model
-    param_storages = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    resident = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
     storages = {}
 
     def pack(t):
         if t.device.type != 'meta' and t.layout == torch.strided:
             ptr = t.untyped_storage().data_ptr()
-            if ptr not in param_storages:
+            if ptr not in resident:
                 storages[ptr] = t.untyped_storage().nbytes()
         return t
 
@@ -257,59 +259,76 @@ def run_benchmark(cfg, log=print):
     return results
 
 
-def paired_ratio(a, b):
-    """Median over rounds of a[i] / b[i]: both measured in the same round, so a burst of outside load cancels."""
-    return statistics.median(x / y for x, y in zip(a, b))
+def spread(samples):
+    """(median, first quartile, third quartile) of per-round samples."""
+    samples = list(samples)
+    if len(samples) < 2:
+        return samples[0], samples[0], samples[0]
+    q1, median, q3 = statistics.quantiles(samples, n=4, method='inclusive')
+    return median, q1, q3
+
+
+def paired_ratios(a, b):
+    """a[i] / b[i] for every round i: both measured in the same round, so a burst of outside load cancels."""
+    return [x / y for x, y in zip(a, b)]
 
 
 def summarize(cfg, variants, saved, peaks, seconds):
+    """One row per variant, and figures[key] = (median, q1, q3) over rounds for the targets."""
     on_cuda = cfg['device'].startswith('cuda')
     if on_cuda:
         name = torch.cuda.get_device_name(torch.device(cfg['device']))
         peak, peak_note = gpu_peak_flops(name), 'datasheet dense bf16 peak (peak_flops.py)'
+        round_peaks = [peak] * cfg['repeats'] if peak else None
     else:
         peak = statistics.median(peaks) if peaks else None
-        peak_note = (f"float32 matmul measured in each of the {len(peaks)} rounds, median" if peaks else
-                     "not measured (--matmul_peak=False), MFU left empty")
+        peak_note = (f"float32 matmul measured in each of the {len(peaks)} rounds, median; MFU is paired with the "
+                     f"peak of its own round" if peaks else "not measured (--matmul_peak=False), MFU left empty")
+        round_peaks = peaks or None
     by_key = {(v.activation, v.mode, v.moe): v for v in variants}
     rows, figures = [], {}
     for v in variants:
         step = statistics.median(v.times)
-        tokens_per_sec = v.tokens_per_step / step
         baseline = by_key.get(('gelu', v.mode, False))
         dense = by_key.get((v.activation, v.mode, False))
-        row = dict(name=v.name, activation=v.activation, mode=v.mode, moe=v.moe, step_ms=step * 1000,
-                   step_ms_min=min(v.times) * 1000, tokens_per_sec=tokens_per_sec,
-                   mfu=v.flops_per_token * tokens_per_sec / peak if peak else None,
-                   ratio_gelu=paired_ratio(v.times, baseline.times) if baseline else None,
-                   ratio_dense=paired_ratio(v.times, dense.times) if v.moe and dense else None,
-                   saved_per_token=saved[(v.activation, v.moe)],
-                   saved_ratio=saved[(v.activation, v.moe)] / saved[('gelu', False)] if ('gelu', False) in saved else None,
-                   peak_mem_mb=v.peak_mem / 2 ** 20 if v.peak_mem is not None else None,
-                   flops_per_token=v.flops_per_token)
-        rows.append(row)
+        mfu = spread(v.flops_per_token * v.tokens_per_step / (t * p) for t, p in zip(v.times, round_peaks)) \
+            if round_peaks else None
+        ratio_gelu = spread(paired_ratios(v.times, baseline.times)) if baseline else None
+        ratio_dense = spread(paired_ratios(v.times, dense.times)) if v.moe and dense else None
+        saved_ratio = saved[(v.activation, v.moe)] / saved[('gelu', False)] if ('gelu', False) in saved else None
+        rows.append(dict(name=v.name, activation=v.activation, mode=v.mode, moe=v.moe, step_ms=step * 1000,
+                         step_ms_min=min(v.times) * 1000, tokens_per_sec=v.tokens_per_step / step,
+                         mfu=mfu and mfu[0], ratio_gelu=ratio_gelu and ratio_gelu[0],
+                         ratio_dense=ratio_dense and ratio_dense[0], saved_per_token=saved[(v.activation, v.moe)],
+                         saved_ratio=saved_ratio, peak_mem_mb=v.peak_mem / 2 ** 20 if v.peak_mem is not None else None,
+                         flops_per_token=v.flops_per_token))
         if not v.moe:
-            figures[('step_ratio', v.activation, v.mode)] = row['ratio_gelu']
-            figures[('mfu', v.activation, v.mode)] = row['mfu']
-            figures[('saved_ratio', v.activation, None)] = row['saved_ratio']
+            figures[('step_ratio', v.activation, v.mode)] = ratio_gelu
+            figures[('mfu', v.activation, v.mode)] = mfu
+            figures[('saved_ratio', v.activation, None)] = saved_ratio and (saved_ratio,) * 3   # exact: no spread
         else:
-            figures[('moe_ratio', v.activation, v.mode)] = row['ratio_dense']
+            figures[('moe_ratio', v.activation, v.mode)] = ratio_dense
     return dict(cfg=cfg, rows=rows, figures=figures, peak=peak, peak_note=peak_note, seconds=seconds,
                 machine=machine_info(cfg), load_before=None, other_load=None)
 
 
 def check_targets(results):
-    """[(description, limit text, measured value or None, 'pass' / 'FAIL' / 'not measured')] for every target."""
+    """[(description, limit, median, quartiles over rounds, result)] for every target, as text. The result says
+    'pass' or 'FAIL' on the median, and 'borderline' when the limit lies between the quartiles: then another run on
+    the same machine may well land on the other side."""
     out = []
     for key, text, limit, kind in TARGETS:
-        value = results['figures'].get(key)
-        is_mfu = key[0] == 'mfu'
-        limit_text = f"{'≥' if kind == 'min' else '≤'} " + (f"{limit:.0%}" if is_mfu else f"{limit:.2f}×")
-        if value is None:
-            out.append((text, limit_text, None, 'not measured'))
+        figure = results['figures'].get(key)
+        show = (lambda x: f"{x:.1%}") if key[0] == 'mfu' else (lambda x: f"{x:.3f}×")
+        limit_text = f"{'≥' if kind == 'min' else '≤'} " + (f"{limit:.0%}" if key[0] == 'mfu' else f"{limit:.2f}×")
+        if figure is None:
+            out.append((text, limit_text, '—', '—', 'not measured'))
             continue
-        ok = value >= limit if kind == 'min' else value <= limit
-        out.append((text, limit_text, f"{value:.1%}" if is_mfu else f"{value:.3f}×", 'pass' if ok else 'FAIL'))
+        median, q1, q3 = figure
+        ok = median >= limit if kind == 'min' else median <= limit
+        result = ('pass' if ok else 'FAIL') + (', borderline' if q1 < limit < q3 else '')
+        quartiles = '—' if q1 == q3 else f"{show(q1)} – {show(q3)}"
+        out.append((text, limit_text, show(median), quartiles, result))
     return out
 
 
@@ -361,6 +380,7 @@ def fmt(value, spec, empty='—'):
     return empty if value is None else format(value, spec)
 
 
+TARGET_COLUMNS = ['target', 'limit', 'measured (median)', 'quartiles over rounds', 'result']
 TABLE_COLUMNS = ['variant', 'step ms (median)', 'step ms (min)', 'tokens/s', 'MFU', '× GELU', '× dense',
                  'saved B/token', 'saved × GELU', 'peak MiB']
 
@@ -406,14 +426,13 @@ def markdown_section(results):
         f"{results['seconds']:.0f} s in all",
         f"- MFU peak: {fmt(results['peak'] and results['peak'] / 1e9, ',.1f')} GFLOP/s ({results['peak_note']})",
         "- step ms = median over rounds; × GELU / × dense = median over rounds of the ratio measured in the same "
-        "round (same mode); saved B/token = bytes saved for backward per token (unique storages, no parameters or buffers)",
+        "round (same mode); MFU = median over rounds; saved B/token = bytes saved for backward per token (unique storages, no parameters or buffers)",
         "",
         markdown_table(TABLE_COLUMNS, table_rows(results)),
         "",
         "Targets (issue 7; set for the CPU config, ratios to GELU measured in the same run):",
         "",
-        markdown_table(['target', 'limit', 'measured', 'result'],
-                       [[t, l, fmt(v, 's'), s] for t, l, v, s in check_targets(results)]),
+        markdown_table(TARGET_COLUMNS, check_targets(results)),
     ]
     return '\n'.join(lines)
 
@@ -439,8 +458,7 @@ def write_markdown(results, path):
 def print_results(results, log=print):
     log(text_table(TABLE_COLUMNS, table_rows(results)))
     log('')
-    log(text_table(['target', 'limit', 'measured', 'result'],
-                   [[t, l, fmt(v, 's'), s] for t, l, v, s in check_targets(results)]))
+    log(text_table(TARGET_COLUMNS, check_targets(results)))
 
 
 # -----------------------------------------------------------------------------
@@ -456,8 +474,22 @@ def profile_variant(cfg, activation, mode='eager', moe=False, steps=3, row_limit
     with torch_profile(activities=activities) as prof:
         for _ in range(steps):
             variant.step()
-    sort_by = 'self_cuda_time_total' if cfg['device'].startswith('cuda') else 'self_cpu_time_total'
+    sort_by = 'self_device_time_total' if cfg['device'].startswith('cuda') else 'self_cpu_time_total'
     return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
+
+
+def keep_freed_memory_in_heap():
+    """glibc malloc hands out every block of 32 MB or more as fresh mmap pages and unmaps it on free, so each such
+    tensor costs a page fault per 4 kB on first touch (the MoE's (B*T*top_k, hidden) activations at the bench config:
+    a (8192, 1024) fp32 GELU takes ~20 ms instead of ~5 ms on one core). Turning mmap off and never trimming the heap
+    makes freed memory reusable, as PyTorch's CUDA caching allocator does on GPU. Returns True when it was applied."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return False   # not glibc (macOS, musl): nothing to do
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 62))
 
 
 def main(argv):
@@ -467,6 +499,8 @@ def main(argv):
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if cfg['malloc_keep_heap'] and not cfg['device'].startswith('cuda') and not keep_freed_memory_in_heap():
+        print("note: --malloc_keep_heap needs glibc (Linux); running with the default allocator")
     if cfg['profile']:
         print(profile_variant(cfg, cfg['profile'], cfg['profile_mode'], cfg['profile_moe'], cfg['profile_steps']))
         return
