@@ -1,10 +1,22 @@
 """
 Speed and memory of every activation, and of MoE against dense, measured side by side in one process.
 
-    python bench.py                                   # CPU: the default config below, writes BENCHMARKS.md
+    python bench.py                                   # CPU: the default config below -> out-bench/bench.md
+    python bench.py --record=True                     # the same, recorded: the CPU section of BENCHMARKS.md
     python bench.py --repeats=3 --activations=gelu,polynorm --modes=eager
     python bench.py config/bench_gpu.py               # GPU: GPT-2-small size, bf16 autocast + torch.compile
     python bench.py --profile=polynorm                # torch.profiler table of one variant's training step
+
+Where the results go. Always to the terminal, and to at most one markdown file:
+- by default out_file (out-bench/bench.md, ignored by git), so a quick or partial run never touches the recorded
+  results;
+- with --record=True to BENCHMARKS.md next to this file instead: the section of this device kind (cpu or cuda) is
+  replaced, every other line of BENCHMARKS.md is kept. Record only full runs on a quiet machine.
+The last line printed names the file written.
+
+What runs. Every activation in --activations in every mode in --modes ('eager', 'compiled' = torch.compile), and MoE
+rows for --moe_activations in --moe_modes, which is empty by default = the same modes as --modes. So --modes=eager
+means no torch.compile at all.
 
 For every variant (activation x eager/compiled, plus MoE) it builds a model and its AdamW optimizer, warms it up, then
 times training steps (forward + backward + AdamW step + zero_grad) ROUND-ROBIN: repeat r times variant 1, 2, ..., n
@@ -18,8 +30,7 @@ in every repeat of this run (peak_flops.measure_cpu_matmul_flops, interleaved li
 datasheet table in peak_flops.py. Bytes saved for backward are counted over one eager forward of the whole model with
 torch.autograd.graph.saved_tensors_hooks: unique storages, parameters and buffers excluded (they live anyway), divided by B*T.
 
-The results go to the terminal and to a section of BENCHMARKS.md (one section per device kind, cpu or cuda, replaced
-on each run; the other sections are kept). Performance targets live here, never in timed unit tests.
+Performance targets live here (TARGETS), never in timed unit tests.
 """
 import datetime
 import os
@@ -38,8 +49,8 @@ from model import GPT, GPTConfig
 from peak_flops import _cpu_name, gpu_peak_flops, measure_cpu_matmul_flops
 
 # -----------------------------------------------------------------------------
-# default config values: the issue's CPU config (a small character-level model, random token ids: speed does not
-# depend on the data)
+# default config values: the CPU config the targets are set for (a small character-level model, random token ids:
+# speed does not depend on the data)
 n_layer = 4
 n_head = 4
 n_embd = 256
@@ -52,7 +63,7 @@ activations = 'gelu,relu,relu2,swiglu,polyrelu,polynorm'   # comma-separated key
 modes = 'eager,compiled'    # 'compiled' = torch.compile (inductor) of the model; the optimizer step stays eager
 # mixture of experts against dense: the same model with every FFN an MoE of n_expert experts, top_k routed
 moe_activations = 'gelu,polynorm'   # '' = no MoE rows
-moe_modes = 'eager,compiled'
+moe_modes = ''              # '' = the same as modes; else a subset of modes (e.g. 'compiled' to skip eager MoE rows)
 n_expert = 8
 top_k = 2
 expert_hidden = 0           # 0 = the dense FFN's hidden width
@@ -66,7 +77,8 @@ device = 'cpu'              # 'cpu', 'cuda', 'cuda:N'
 dtype = 'float32'           # 'float32' or 'bfloat16' (autocast, fp32 master weights)
 seed = 1337
 malloc_keep_heap = False    # Linux CPU: glibc serves no tensor from fresh mmap pages (see keep_freed_memory_in_heap)
-out_file = 'BENCHMARKS.md'  # '' = print only
+record = False              # True: write the results into this device's section of BENCHMARKS.md (the recorded ones)
+out_file = 'out-bench/bench.md'   # where an unrecorded run writes them; '' = terminal only
 profile = ''                # an activation name: print a torch.profiler table of its training step and exit
 profile_mode = 'eager'      # ... of its eager or compiled variant
 profile_moe = False         # ... of its MoE variant
@@ -74,7 +86,7 @@ profile_steps = 3
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
 
-# Targets on the CPU config, from issue 7: (figure key, description, limit, 'max' or 'min')
+# Targets on the CPU config above: (figure key, description, limit, 'max' or 'min')
 TARGETS = [
     (('step_ratio', 'polynorm', 'eager'), 'PolyNorm step time / GELU, eager', 1.10, 'max'),
     (('step_ratio', 'polynorm', 'compiled'), 'PolyNorm step time / GELU, compiled', 1.02, 'max'),
@@ -109,6 +121,10 @@ def check_config(cfg):
                 raise ValueError(f"unknown mode {mode!r} in --{key}; valid: eager, compiled")
     if not split_list(cfg['modes']):
         raise ValueError("--modes is empty; use eager, compiled or eager,compiled")
+    outside = [m for m in split_list(cfg['moe_modes']) if m not in split_list(cfg['modes'])]
+    if outside:
+        raise ValueError(f"--moe_modes={cfg['moe_modes']} asks for {','.join(outside)}, which --modes={cfg['modes']} "
+                         f"leaves out; --modes decides what runs: widen it, or leave --moe_modes empty to follow it")
     if cfg['dtype'] not in ('float32', 'bfloat16'):
         raise ValueError(f"dtype must be float32 or bfloat16, got {cfg['dtype']!r}")
     if cfg['device'].startswith('cuda') and not torch.cuda.is_available():
@@ -207,9 +223,14 @@ def saved_bytes_per_token(variant):
 # The measurement
 
 
+def moe_modes_of(cfg):
+    """The modes of the MoE rows: --moe_modes, or every mode of --modes when it is empty."""
+    return split_list(cfg['moe_modes']) or split_list(cfg['modes'])
+
+
 def build_variants(cfg):
     variants = [Variant(cfg, a, m, False) for m in split_list(cfg['modes']) for a in split_list(cfg['activations'])]
-    variants += [Variant(cfg, a, m, True) for m in split_list(cfg['moe_modes']) for a in split_list(cfg['moe_activations'])]
+    variants += [Variant(cfg, a, m, True) for m in moe_modes_of(cfg) for a in split_list(cfg['moe_activations'])]
     return variants
 
 
@@ -430,16 +451,35 @@ def markdown_section(results):
         "",
         markdown_table(TABLE_COLUMNS, table_rows(results)),
         "",
-        "Targets (issue 7; set for the CPU config, ratios to GELU measured in the same run):",
+        "Targets (set for the CPU config; ratios to GELU measured in the same run):",
         "",
         markdown_table(TARGET_COLUMNS, check_targets(results)),
     ]
     return '\n'.join(lines)
 
 
-def write_markdown(results, path):
-    """Replace this device kind's section of path (between its markers), keep everything else."""
-    kind = 'cuda' if results['cfg']['device'].startswith('cuda') else 'cpu'
+RECORD_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'BENCHMARKS.md')
+RECORD_HEADER = ("# Benchmarks\n\nWritten by `python bench.py --record=True` (CPU) and "
+                 "`python bench.py config/bench_gpu.py --record=True` (GPU); each run replaces its own section.\n")
+SCRATCH_HEADER = ("# Benchmarks (not recorded)\n\nWritten by `python bench.py` runs without --record=True; each run "
+                  "replaces its device's section. The recorded results are in BENCHMARKS.md.\n")
+
+
+def results_file(cfg):
+    """(path, header for a new file) of the markdown this run writes, or (None, None) for terminal only."""
+    if cfg['record']:
+        return RECORD_FILE, RECORD_HEADER
+    return (cfg['out_file'], SCRATCH_HEADER) if cfg['out_file'] else (None, None)
+
+
+def device_kind(cfg):
+    return 'cuda' if cfg['device'].startswith('cuda') else 'cpu'
+
+
+def write_markdown(results, path, header=RECORD_HEADER):
+    """Replace this device kind's section of path (between its markers), keep everything else; a new file starts
+    with header."""
+    kind = device_kind(results['cfg'])
     begin, end = f"<!-- bench:{kind} begin -->", f"<!-- bench:{kind} end -->"
     title = {'cpu': '## CPU', 'cuda': '## GPU'}[kind]
     section = f"{begin}\n{title}: {results['machine']['hardware']}\n\n{markdown_section(results)}\n{end}"
@@ -447,12 +487,23 @@ def write_markdown(results, path):
         with open(path) as f:
             text = f.read()
     except FileNotFoundError:
-        text = ("# Benchmarks\n\nWritten by `python bench.py` (CPU) and `python bench.py config/bench_gpu.py` (GPU); "
-                "each run replaces its own section.\n")
+        text = header
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
     pattern = re.compile(re.escape(begin) + '.*?' + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip('\n') + '\n\n' + section
     with open(path, 'w') as f:
         f.write(text.rstrip('\n') + '\n')
+
+
+def where_results_go(cfg, done=False):
+    """The line printed before (done=False) and after the run that says which file holds the results."""
+    path, _ = results_file(cfg)
+    verb = 'wrote' if done else 'will write'
+    if cfg['record']:
+        return f"{verb} the {device_kind(cfg)} section of {path} (--record=True)"
+    where = f"{verb} {path}" if path else "no results file (--out_file='')"
+    return f"{where}; BENCHMARKS.md is left as it is (--record=True records a run there)"
 
 
 def print_results(results, log=print):
@@ -508,12 +559,14 @@ def main(argv):
     if load and load[0] > 0.3 * (os.cpu_count() or 1) and not cfg['device'].startswith('cuda'):
         print(f"note: load average {load[0]:.2f}: other processes share this CPU; the ratios stay fair "
               f"(round-robin), the absolute times and MFU do not")
+    print(where_results_go(cfg))
     results = run_benchmark(cfg)
     print()
     print_results(results)
-    if cfg['out_file']:
-        write_markdown(results, cfg['out_file'])
-        print(f"\nwrote {cfg['out_file']}")
+    path, header = results_file(cfg)
+    if path:
+        write_markdown(results, path, header)
+    print('\n' + where_results_go(cfg, done=True))
 
 
 if __name__ == '__main__':

@@ -1,17 +1,21 @@
-"""bench.py on a tiny config, one round: the table and BENCHMARKS.md come out with the right rows.
+"""bench.py on a tiny config, one round: the table and the markdown come out with the right rows, in the right file.
 No timing assertions here: performance targets are checked by bench.py itself on a full run, never in unit tests."""
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(bench.DEFAULTS, n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=2, activations='gelu,polynorm',
-            modes='eager', moe_activations='gelu', moe_modes='eager', n_expert=4, top_k=2, repeats=1,
-            warmup_steps=1, matmul_peak=False, out_file='')
+            modes='eager', moe_activations='gelu', n_expert=4, top_k=2, repeats=1, warmup_steps=1, matmul_peak=False,
+            out_file='')
+TINY_FLAGS = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=2', '--repeats=1',
+              '--warmup_steps=1', '--matmul_peak=False', '--activations=gelu,polynorm', '--modes=eager',
+              '--moe_activations=gelu', '--n_expert=4']
 
 
 @pytest.fixture(scope='module')
@@ -83,13 +87,51 @@ def test_printed_table_lists_every_variant_and_target(results):
     assert 'moe-gelu eager' in text and 'GELU MFU against the measured matmul peak, eager' in text
 
 
-@pytest.mark.parametrize('flag, message', [
+@pytest.mark.parametrize('flags, message', [
     ('--activations=polynorm', 'must include gelu'),
     ('--activations=gelu,tanh', "unknown activation 'tanh'"),
     ('--modes=jit', "unknown mode 'jit'"),
     ('--repets=3', "did you mean 'repeats'"),
+    ('--modes=eager --moe_modes=compiled', '--moe_modes=compiled asks for compiled, which --modes=eager leaves out'),
 ])
-def test_bad_flags_fail_in_one_line(flag, message):
-    proc = subprocess.run([sys.executable, 'bench.py', flag], cwd=ROOT, capture_output=True, text=True, timeout=60)
+def test_bad_flags_fail_in_one_line(flags, message):
+    proc = subprocess.run([sys.executable, 'bench.py', *flags.split()], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('modes, compiled', [('eager', 0), ('compiled', 3), ('eager,compiled', 3)])
+def test_modes_decide_compilation_for_every_variant_moe_included(monkeypatch, modes, compiled):
+    # --modes=eager must mean no torch.compile anywhere; MoE rows follow --modes unless --moe_modes narrows them
+    calls = []
+    monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: calls.append(model) or model)
+    variants = bench.build_variants(dict(TINY, modes=modes))
+    assert len(variants) == 3 * len(modes.split(','))            # gelu, polynorm, moe-gelu per mode
+    assert len(calls) == compiled
+    assert all(v.mode in modes.split(',') for v in variants)
+
+
+def test_a_quick_run_writes_out_bench_and_leaves_the_recorded_results_alone(monkeypatch, tmp_path, capsys):
+    recorded = tmp_path / 'BENCHMARKS.md'
+    recorded.write_text('# Benchmarks\n\nrecorded by hand\n')
+    monkeypatch.setattr(bench, 'RECORD_FILE', str(recorded))
+    monkeypatch.chdir(tmp_path)
+    bench.main(TINY_FLAGS)
+    assert recorded.read_text() == '# Benchmarks\n\nrecorded by hand\n'
+    scratch = (tmp_path / 'out-bench' / 'bench.md').read_text()
+    assert scratch.startswith('# Benchmarks (not recorded)') and '| moe-gelu eager |' in scratch
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == 'wrote out-bench/bench.md; BENCHMARKS.md is left as it is (--record=True records a run there)'
+
+
+def test_record_replaces_the_section_of_benchmarks_md_only(monkeypatch, tmp_path, capsys):
+    recorded = tmp_path / 'BENCHMARKS.md'
+    recorded.write_text('# Benchmarks\n\nrecorded by hand\n')
+    monkeypatch.setattr(bench, 'RECORD_FILE', str(recorded))
+    monkeypatch.chdir(tmp_path)
+    bench.main(TINY_FLAGS + ['--record=True'])
+    text = recorded.read_text()
+    assert 'recorded by hand' in text and '<!-- bench:cpu begin -->' in text and '| polynorm eager |' in text
+    assert not (tmp_path / 'out-bench').exists()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote the cpu section of {recorded} (--record=True)"

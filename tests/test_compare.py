@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import compare
+import report
 from data.dataset import char_vocabulary, write_token_dataset
 from model import GPT, GPTConfig
 
@@ -169,16 +170,16 @@ def test_flags_that_would_break_the_pairing_are_refused():
 
 
 def test_effective_rank_of_identity_is_n_and_of_rank_one_is_1():
-    assert compare.effective_rank(torch.eye(16, dtype=torch.float64)) == pytest.approx(16, abs=1e-9)
+    assert report.effective_rank(torch.eye(16, dtype=torch.float64)) == pytest.approx(16, abs=1e-9)
     u, v = torch.randn(24, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
-    assert compare.effective_rank(torch.outer(u, v)) == pytest.approx(1, abs=1e-6)
-    assert compare.effective_rank(torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0]))) == pytest.approx(2, abs=1e-9)
-    assert compare.effective_rank(torch.zeros(3, 5)) == 0.0
+    assert report.effective_rank(torch.outer(u, v)) == pytest.approx(1, abs=1e-6)
+    assert report.effective_rank(torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0]))) == pytest.approx(2, abs=1e-9)
+    assert report.effective_rank(torch.zeros(3, 5)) == 0.0
 
 
 def test_layer_cosine_matrix():
     h = torch.randn(2, 5, 8)
-    cos = compare.layer_cosine_matrix([h, 3 * h, -h])      # same direction, scaled, and opposite
+    cos = report.layer_cosine_matrix([h, 3 * h, -h])      # same direction, scaled, and opposite
     assert torch.allclose(cos, torch.tensor([[1., 1, -1], [1, 1, -1], [-1, -1, 1]]), atol=1e-5)
 
 
@@ -188,7 +189,7 @@ def test_activation_curves_are_lines_for_pointwise_and_scatter_for_polynorm():
         model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=20, activation=activation),
                     verbose=False)
         with torch.no_grad():
-            curves = compare.activation_curves(model, idx)
+            curves = report.activation_curves(model, idx)
         assert len(curves) == 2
         for entry in curves:
             assert entry['pointwise'] is pointwise
@@ -209,3 +210,192 @@ def test_with_several_gpus_each_run_gets_its_own(capsys):
     assert '[1/2 job0] sees 3' in out and '[2/2 job1] sees 5' in out
     failing = [dict(name='bad', tag='1/1 bad', state='training', cmd=[sys.executable, '-c', 'raise SystemExit(3)'])]
     assert [name for name, _ in compare.launch(failing, [None])] == ['bad']
+
+
+# ----------------------------------------------------------------------------- learning-rate tuning
+@pytest.fixture(scope='module')
+def tuned(tmp_path_factory):
+    """gelu and polynorm, 2 tuning rates on seed 0, then seeds 1 and 2 at each one's best rate; 4 iterations."""
+    root = tmp_path_factory.mktemp('tuned')
+    data_dir = make_dataset(root / 'tiny_char')
+    args = [*TINY, f'--dataset={data_dir}', '--max_iters=4', '--activations=gelu,polynorm', '--seeds=1,2',
+            '--tune_lr=3e-4,3e-2', '--min_lr=1e-4', f'--out_dir={root / "out"}']
+    done = run_compare(*args)
+    return root / 'out', args, done
+
+
+def test_tuning_picks_each_activations_lowest_final_val_loss_on_the_tuning_seed(tuned):
+    out_dir, _, done = tuned
+    for act in ('gelu', 'polynorm'):
+        losses = {}
+        for lr in (3e-4, 3e-2):
+            run = out_dir / 'tune' / f'{act}-lr{lr:g}-s0'
+            ckpt = torch.load(run / 'ckpt.pt', weights_only=True)
+            assert ckpt['config']['seed'] == 0 and ckpt['model_args']['init_seed'] == 0   # never a comparison seed
+            assert ckpt['config']['learning_rate'] == lr
+            assert ckpt['config']['min_lr'] == pytest.approx(lr * 1e-4 / 3e-3)           # schedule shape kept
+            losses[lr] = json.loads((run / 'summary.json').read_text())['final_val_loss']
+        best = min(losses, key=losses.get)
+        for seed in (1, 2):
+            ckpt = torch.load(out_dir / f'{act}-lr{best:g}-s{seed}' / 'ckpt.pt', weights_only=True)
+            assert ckpt['config']['learning_rate'] == best and ckpt['config']['seed'] == seed
+        row = next(r for r in read_rows(out_dir / 'summary.csv') if r['activation'] == act)
+        assert float(row['lr']) == best
+        # with two rates the best is always at an edge of the grid: said on stdout and in summary.md
+        assert f"{act}'s best rate" in done.stdout
+        assert f"WARNING: {act}'s best rate" in (out_dir / 'summary.md').read_text()
+    assert_png(out_dir / 'lr_sweep.png')
+    assert not (out_dir / 'tune' / 'gelu-lr0.0003-s1').exists()
+
+
+def test_summary_csv_has_the_paired_statistics_columns(tuned):
+    out_dir = tuned[0]
+    rows = read_rows(out_dir / 'summary.csv')
+    for column in ('lr', 'delta_val_mean', 'delta_val_ci95_low', 'delta_val_ci95_high', 'verdict'):
+        assert column in rows[0], column
+    gelu, polynorm = rows
+    assert gelu['verdict'] == 'baseline'
+    low, mean, high = (float(polynorm[k]) for k in ('delta_val_ci95_low', 'delta_val_mean', 'delta_val_ci95_high'))
+    assert low <= mean <= high
+    expected = 'better' if high < 0 else 'worse' if low > 0 else 'not resolved'
+    assert polynorm['verdict'] == expected
+    # the mean of the paired differences, recomputed from the runs themselves
+    finals = {(a, s): json.loads((out_dir / f"{a}-lr{float(r['lr']):g}-s{s}" / 'summary.json').read_text())
+              ['final_val_loss'] for a, r in (('gelu', gelu), ('polynorm', polynorm)) for s in (1, 2)}
+    assert mean == pytest.approx(np.mean([finals['polynorm', s] - finals['gelu', s] for s in (1, 2)]), abs=1e-9)
+
+
+def test_rerun_reuses_finished_tuning_and_comparison_runs(tuned, tmp_path):
+    out_dir, args, _ = tuned
+    copy = tmp_path / 'out'
+    shutil.copytree(out_dir, copy)
+    done = run_compare(*[a for a in args if not a.startswith('--out_dir')], f'--out_dir={copy}')
+    assert done.stdout.count('finished earlier, skipping') == 4 + 4
+    assert '=== [' not in done.stdout.replace('earlier, skipping', '').split('finished')[0] or 'training:' not in done.stdout
+
+
+def test_a_partial_run_is_left_out_of_every_number(tuned, tmp_path):
+    out_dir, args, _ = tuned
+    copy = tmp_path / 'out'
+    shutil.copytree(out_dir, copy)
+    rows = read_rows(copy / 'summary.csv')
+    lr = float(rows[1]['lr'])
+    (copy / f'polynorm-lr{lr:g}-s2' / 'summary.json').unlink()          # as if stopped before the end
+    done = run_compare(*[a for a in args if not a.startswith('--out_dir')], f'--out_dir={copy}', '--replot')
+    polynorm = read_rows(copy / 'summary.csv')[1]
+    assert polynorm['n_seeds'] == '1' and polynorm['verdict'] == 'one seed: no verdict'
+    assert 'not finished' in done.stdout
+    assert 'Unfinished runs, left out' in (copy / 'summary.md').read_text()
+
+
+# ----------------------------------------------------------------------------- mistakes in how compare.py is called
+@pytest.mark.parametrize('args, words', [
+    (['--activations=gelu,gelu'], ['--activations', 'gelu', 'more than once']),
+    (['--seeds=1,1'], ['--seeds', 'more than once']),
+    (['--seeds=abc'], ['--seeds', 'integer']),
+    (['--seeds=1,2', '--tune_lr=1e-3,2e-3', '--tune_seed=2'], ['--tune_seed=2', 'comparison seed']),
+    (['--tune_lr=1e-3,-2e-3'], ['--tune_lr', 'positive']),
+    (['--tune_lr=fast'], ['--tune_lr', 'number']),
+    (['--baseline=relu'], ['--baseline', 'relu']),
+    (['--sizes=4x130'], ['4x130', 'head_size']),
+    (['--sizes=abc'], ['abc', 'LAYERSxWIDTH']),
+    (['--sizes=2x64', '--n_embd=64'], ['--n_embd', '--sizes']),
+    (['--tokens_per_param=20'], ['--tokens_per_param', '--sizes']),
+    (['--activations=gelu,nosuch'], ['nosuch']),
+])
+def test_mistakes_get_one_line_and_no_traceback(args, words, tmp_path):
+    tiny = [a for a in TINY if not a.startswith(('--n_layer', '--n_embd', '--n_head'))]   # --sizes sets those
+    done = run_compare(*tiny, f'--out_dir={tmp_path / "out"}', *args, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert 'Traceback' not in done.stderr + done.stdout
+    line = done.stderr.strip()
+    assert line.startswith('error: ') and '\n' not in line, line
+    for word in words:
+        assert word in line, (word, line)
+
+
+def test_a_config_file_with_a_syntax_error_names_the_file_and_line(tmp_path):
+    bad = tmp_path / 'bad_config.py'
+    bad.write_text("n_layer = 2\nlearning_rate = = 3\n")
+    done = run_compare(str(bad), check=False)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert f'{bad}:2:' in done.stderr
+
+
+# ----------------------------------------------------------------------------- model-size sweeps
+def test_sizes_parse_into_layers_heads_and_widths():
+    assert compare.parse_sizes('2x64,4x128, 6x192', 32) == [
+        {'name': '2x64', 'n_layer': 2, 'n_embd': 64, 'n_head': 2},
+        {'name': '4x128', 'n_layer': 4, 'n_embd': 128, 'n_head': 4},
+        {'name': '6x192', 'n_layer': 6, 'n_embd': 192, 'n_head': 6}]
+    assert compare.parse_sizes('12x768', 64)[0]['n_head'] == 12
+    for bad in ('4x130', 'abc', '4x', '0x64', '2x64,2x64'):
+        with pytest.raises(compare.CompareError):
+            compare.parse_sizes(bad, 32)
+
+
+@pytest.mark.parametrize('n_embd', [64, 96, 128, 160, 192, 256, 384, 512, 640, 768])
+def test_ffn_parameters_match_within_one_percent_at_every_size(n_embd):
+    """ffn_hidden = 0 at every size of a sweep: every activation's FFN has the same weights as GELU's (1%)."""
+    from model import ACTIVATIONS
+    counts = {}
+    for act in ACTIVATIONS:
+        model = GPT(GPTConfig(n_layer=1, n_head=n_embd // 32, n_embd=n_embd, block_size=8, vocab_size=16,
+                              activation=act), verbose=False)
+        counts[act] = model.num_ffn_params()
+    for act, n in counts.items():
+        assert abs(n / counts['gelu'] - 1) <= 0.01, (act, n, counts['gelu'])
+
+
+@pytest.fixture(scope='module')
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp('sweep')
+    data_dir = make_dataset(root / 'tiny_char')
+    args = [*TINY, f'--dataset={data_dir}', '--max_iters=3', '--activations=gelu,polynorm', '--seeds=1',
+            '--sizes=1x32,2x64', '--head_size=16', f'--out_dir={root / "out"}']
+    done = run_compare(*args)
+    return root / 'out', args, done
+
+
+def test_a_sweep_trains_every_size_and_writes_scaling_outputs(sweep):
+    out_dir, _, done = sweep
+    assert 'non-embedding params' in done.stdout and 'estimated total' in done.stdout
+    for size, (n_layer, n_embd) in {'1x32': (1, 32), '2x64': (2, 64)}.items():
+        for act in ('gelu', 'polynorm'):
+            args = torch.load(out_dir / size / f'{act}-s1' / 'ckpt.pt', weights_only=True)['model_args']
+            assert (args['n_layer'], args['n_embd'], args['n_head']) == (n_layer, n_embd, n_embd // 16)
+        assert (out_dir / size / 'summary.md').exists()
+    assert_png(out_dir / 'scaling.png')
+    rows = read_rows(out_dir / 'scaling.csv')
+    assert [(r['size'], r['activation']) for r in rows] == [
+        ('1x32', 'gelu'), ('1x32', 'polynorm'), ('2x64', 'gelu'), ('2x64', 'polynorm')]
+    assert int(rows[2]['non_embedding_params']) > int(rows[0]['non_embedding_params'])
+    assert float(rows[0]['flops']) > 0 and rows[1]['verdict'] == 'one seed: no verdict'
+    summary = (out_dir / 'summary.md').read_text()
+    assert 'needs at least 4 sizes' in summary            # no power-law fit from 2 sizes
+
+
+def test_a_sweep_rerun_skips_finished_runs_and_replots(sweep, tmp_path):
+    out_dir, args, _ = sweep
+    copy = tmp_path / 'out'
+    shutil.copytree(out_dir, copy)
+    (copy / 'scaling.png').unlink()
+    done = run_compare(*[a for a in args if not a.startswith('--out_dir')], f'--out_dir={copy}')
+    assert done.stdout.count('finished earlier, skipping') == 4
+    assert_png(copy / 'scaling.png')
+    (copy / 'scaling.csv').unlink()
+    run_compare(*[a for a in args if not a.startswith('--out_dir')], f'--out_dir={copy}', '--replot')
+    assert len(read_rows(copy / 'scaling.csv')) == 4
+
+
+def test_tokens_per_param_sets_each_sizes_training_length(tmp_path):
+    data_dir = make_dataset(tmp_path / 'tiny_char')
+    compare.sizes, compare.tokens_per_param, compare.activations, compare.seeds = '1x32,2x64', 0.5, 'gelu', '1'
+    try:
+        plan = compare.Plan({'dataset': data_dir, 'batch_size': 4, 'block_size': 16}, set())
+    finally:
+        compare.sizes, compare.tokens_per_param, compare.activations, compare.seeds = '', 0.0, 'gelu,swiglu,polyrelu,polynorm', '1'
+    for level in plan.levels:
+        assert level['max_iters'] == -(-int(0.5 * level['non_embedding_params']) // 64)
+        assert level['settings']['lr_decay_iters'] == level['max_iters']
+    assert plan.levels[1]['max_iters'] > plan.levels[0]['max_iters']
