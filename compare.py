@@ -316,6 +316,8 @@ def make_job(tag, run_dir, settings, train_args, state, tune=False):
     cmd = [sys.executable, str(HERE / 'train.py'), *train_args, *overrides,
            f'--activation={act}', f'--seed={seed}', f'--init_seed={seed}', f'--out_dir={run_dir}',
            f'--init_from={"resume" if state == "resume" else "scratch"}']
+    if state == 'scratch':
+        cmd.append('--overwrite=True')      # what an earlier attempt left before its first checkpoint is worth nothing
     job = dict(name=run_dir.name, tag=tag, cmd=cmd, run_dir=run_dir,
                state='resuming from ckpt.pt' if state == 'resume' else 'training')
     if tune:
@@ -621,9 +623,6 @@ def main(argv):
 def out_dir_lock():
     """One compare.py per out_dir: a second one would train every run a second time beside the first."""
     import checkpoint
-    if not hasattr(checkpoint, 'lock_dir'):
-        from contextlib import nullcontext
-        return nullcontext()
     try:
         return checkpoint.lock_dir(out_dir, 'compare.py')
     except checkpoint.LockError as e:

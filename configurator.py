@@ -53,6 +53,45 @@ def _parse_value(raw, default):
     return value
 
 
+def read_config_file(path):
+    """
+    Run a config file (plain Python, nanoGPT style) and return the globals it set, {name: value}, leaving out names
+    that start with '_', modules, functions and classes (imports and helpers are not settings). Values are returned
+    as they are; the caller checks names and types. Raises ConfigError with one line naming the file (and the line,
+    for a syntax error or an exception while it runs).
+    """
+    try:
+        with open(path, encoding='utf-8') as f:
+            source = f.read()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text; is it a Python config file?") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file '{path}': {e.strerror}; "
+                          f"arguments are a config file path or --key=value") from None
+    try:
+        code = compile(source, path, 'exec')
+    except SyntaxError as e:   # IndentationError and TabError are SyntaxErrors too
+        raise ConfigError(f"{path}:{e.lineno}: {e.msg} (syntax error in the config file)") from None
+    except ValueError as e:   # e.g. a NUL byte in the source
+        raise ConfigError(f"config file '{path}' is not Python source: {e}") from None
+    namespace = {}
+    try:
+        exec(code, namespace)
+    except Exception as e:
+        # the innermost line of the config file itself, not of whatever it called
+        lines = [tb.tb_lineno for tb in _walk(e.__traceback__) if tb.tb_frame.f_code.co_filename == path]
+        where = f"{path}:{lines[-1]}" if lines else path
+        raise ConfigError(f"{where}: {type(e).__name__}: {e} (while running the config file)") from None
+    return {key: value for key, value in namespace.items()
+            if not key.startswith('_') and not callable(value) and type(value).__name__ != 'module'}
+
+
+def _walk(tb):
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
+
+
 def parse_config(argv, defaults):
     """
     argv: the command line after the script name; defaults: {key: default value}.
@@ -64,17 +103,7 @@ def parse_config(argv, defaults):
     for arg in argv:
         if not arg.startswith('--'):
             # a config file: plain Python; every global it leaves behind must be a known knob
-            try:
-                with open(arg) as f:
-                    source = f.read()
-            except OSError as e:
-                raise ConfigError(f"cannot read config file '{arg}': {e.strerror}; "
-                                  f"arguments are a config file path or --key=value") from None
-            namespace = {}
-            exec(compile(source, arg, 'exec'), namespace)
-            for key, value in namespace.items():
-                if key.startswith('_') or callable(value) or type(value).__name__ == 'module':
-                    continue   # __builtins__, imports and helper functions are not knobs
+            for key, value in read_config_file(arg).items():
                 config[key] = _check(key, value, defaults, arg)
                 explicit.add(key)
         else:
@@ -104,3 +133,35 @@ def configure(script_globals, argv=None):
         sys.exit(2)
     script_globals.update(config)
     return config, explicit
+
+
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N (N = 0, 1, ...), mps"
+
+
+def device_name_problem(device):
+    """None when `device` is a name torch knows (whether or not this machine has it), else one line. No torch needed,
+    so a typo such as --device=gpu fails before the 2 s torch import; device_problem() then checks this machine."""
+    if device in ('auto', 'cpu', 'cuda', 'mps'):
+        return None
+    if device.startswith('cuda:') and device[5:].isdigit():
+        return None
+    hint = " (for an NVIDIA GPU: --device=cuda)" if device.lower() in ('gpu', 'nvidia', 'cuda0') else ""
+    return f"device={device!r} is not a device name{hint}; use one of {DEVICE_FORMS}"
+
+
+def device_problem(device):
+    """None when torch can use `device` on this machine, else one line naming the devices that are valid here.
+    Imports torch, so scripts call it after the cheap checks."""
+    import torch
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    valid = ['auto', 'cpu'] + (['cuda'] + [f'cuda:{i}' for i in range(count)] if count else [])
+    if torch.backends.mps.is_available():
+        valid.append('mps')
+    if device in valid:
+        return None
+    why = ''
+    if device.startswith('cuda') and not count:
+        why = ' (torch sees no CUDA GPU: a CPU-only torch build, no GPU, or CUDA_VISIBLE_DEVICES hides them)'
+    elif device == 'mps':
+        why = ' (MPS needs an Apple-silicon Mac)'
+    return f"device={device!r} is not available here{why}; valid on this machine: {', '.join(valid)}"

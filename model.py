@@ -7,6 +7,12 @@ Unleashing the Dynamics of Large Language Models" (ICLR 2025, arXiv 2411.03884):
   type II (polynomial composed with a norm N):     f(x) = a_0 + Σ_{i=1..r} a_i · N(x^i)     (PolyNorm)
 with N(u) = u / sqrt(mean(u², last dim) + eps), the RMS over the FFN hidden width of one token, as in the official code.
 
+FFN widths follow the paper's rule (ffn_hidden_size): gated FFNs get 2/3 · 4d rounded up to a multiple of 64, the
+others 1.5x that, so SwiGLU and PolyNorm FFNs have exactly as many weights at every d (d = 2048: 5504 and 8256).
+Everything around the FFN is a visible GPTConfig knob. Where a default differs from the official models (tied
+embeddings, RMSNorm eps 1e-6, init, QK-norm, z-loss scale) the README's "Fidelity to the paper" says so and why;
+config/paper_dense.py and config/paper_moe.py set the official models' choices.
+
 Reading order: config -> activations (PolyCom autograd functions, then the registry) -> FFN -> MoE -> attention ->
 block -> GPT. To add an activation, add one entry to ACTIVATIONS (and a test).
 """
@@ -34,18 +40,25 @@ class GPTConfig:
     bias: bool = False          # biases in Linear layers and LayerNorm (the paper uses none)
     activation: str = 'gelu'    # any key of ACTIVATIONS
     poly_order: int = 3         # r, the degree of the PolyCom polynomial (1..8)
-    ffn_hidden: int = 0         # 0 = auto: 4*n_embd, or 2/3 of it rounded to a multiple of 64 for gated FFNs
+    ffn_hidden: int = 0         # 0 = the paper's rule (ffn_hidden_size); > 0 = the non-gated width (gated: 2/3 of it)
     arch: str = 'modern'        # 'modern': RMSNorm + RoPE (the paper's); 'gpt2': LayerNorm + learned positions
-    tie_weights: bool = True    # share the token embedding with the output head
+    tie_weights: bool = True    # share the token embedding with the output head (ours; the paper's models: untied)
+    norm_eps: float = 0.0       # 0 = auto: RMSNorm 1e-6 (ours), LayerNorm 1e-5 (nanoGPT's); the paper's RMSNorm: 1e-5
+    qk_norm: bool = False       # norm over the whole q and k projections before RoPE (OLMoE: yes; paper's dense: no)
     rope_theta: float = 10000.0
     init_seed: int = 1337       # each parameter is drawn from its own generator seeded by (init_seed, name)
+    init_std: float = 0.02      # std of every weight matrix (GPT-2's); the paper's dense model 0.013975, OLMoE 0.02
+    init_residual_scale: bool = True   # residual projections get init_std/sqrt(2*n_layer) (GPT-2, Megatron; OLMoE: no)
+    init_cutoff: float = 0.0    # > 0: normal truncated at ±init_cutoff·std (OLMoE: 3); 0 = plain (GPT-2, Megatron)
     # mixture of experts (n_expert = 0 means a dense model)
     n_expert: int = 0
     top_k: int = 2
     moe_every: int = 1          # an MoE FFN in every moe_every-th block (1 = every block)
     expert_hidden: int = 0      # 0 = auto, the same rule as ffn_hidden
-    aux_loss_weight: float = 0.01   # Switch load-balancing loss weight (OLMoE: 0.01)
-    z_loss_weight: float = 0.001    # router z-loss weight (OLMoE: 0.001)
+    norm_topk: bool = False     # renormalise the k chosen router probabilities to sum to 1 (Mixtral: yes; OLMoE: no)
+    aux_loss_weight: float = 0.01   # Switch load-balancing loss weight (the paper: 0.01)
+    z_loss_weight: float = 0.001    # router z-loss weight (the paper: 0.001)
+    z_loss_scaling: str = 'st-moe'  # 'st-moe': mean over tokens of logsumexp²; 'megablocks': that / top_k (see MoE)
     shared_expert: bool = False     # one always-on expert beside the routed ones
     per_expert_poly: bool = False   # one set of PolyCom coefficients per expert (official code: one per layer)
 
@@ -63,6 +76,21 @@ class GPTConfig:
                              f"change n_embd or n_head, or use arch='gpt2'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.ffn_hidden < 0 or self.expert_hidden < 0:
+            raise ValueError(f"ffn_hidden and expert_hidden must be >= 0 (0 = the paper's width rule), "
+                             f"got {self.ffn_hidden} and {self.expert_hidden}")
+        if self.norm_eps < 0:
+            raise ValueError(f"norm_eps must be >= 0 (0 = auto), got {self.norm_eps}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        if self.init_cutoff < 0:
+            raise ValueError(f"init_cutoff must be >= 0 (0 = an untruncated normal), got {self.init_cutoff}")
+        if self.z_loss_scaling not in Z_LOSS_SCALINGS:
+            raise ValueError(f"unknown z_loss_scaling {self.z_loss_scaling!r}; valid choices: "
+                             f"{', '.join(Z_LOSS_SCALINGS)}")
+        if self.aux_loss_weight < 0 or self.z_loss_weight < 0:
+            raise ValueError(f"aux_loss_weight and z_loss_weight must be >= 0 (0 = off), "
+                             f"got {self.aux_loss_weight} and {self.z_loss_weight}")
         if self.n_expert < 0:
             raise ValueError(f"n_expert must be >= 0 (0 = dense), got {self.n_expert}")
         if self.n_expert > 0:
@@ -76,15 +104,34 @@ class GPTConfig:
 
 
 MAX_POLY_ORDER = 8
+Z_LOSS_SCALINGS = ('st-moe', 'megablocks')
 
 
 def ffn_hidden_size(n_embd, activation, requested=0):
-    """Hidden width of an FFN. Gated FFNs have three matrices instead of two, so they get 2/3 of the width (rounded
-    to a multiple of 64) to keep the parameter count equal, as the paper does (SwiGLU 5504 vs 8256 for the others)."""
-    hidden = requested if requested > 0 else 4 * n_embd
-    if ACTIVATIONS[activation].gated:
-        hidden = max(64, int(round(hidden * 2 / 3 / 64)) * 64)
-    return hidden
+    """Hidden width of an FFN (or of one expert). A gated FFN (SwiGLU) has three matrices, the others two, so it gets
+    2/3 of the width to hold as many weights.
+    requested = 0, the paper's rule: gated = 2/3 · 4·n_embd rounded UP to a multiple of 64, non-gated = 1.5x the gated
+        width (n_embd = 2048: 5504 and 8256). Then 3 · n_embd · gated = 2 · n_embd · non-gated at every n_embd.
+    requested > 0: the non-gated width; gated FFNs get 2/3 of it rounded to the nearest multiple of 64 (at least 64),
+        which matches exactly when 2/3 of requested is a multiple of 64 (576 -> 384, 1536 -> 1024)."""
+    gated = ACTIVATIONS[activation].gated
+    if requested > 0:
+        return max(64, int(round(requested * 2 / 3 / 64)) * 64) if gated else requested
+    gated_width = -(-8 * n_embd // (3 * 64)) * 64          # ceil((2/3 · 4 · n_embd) / 64) · 64, in integers
+    return gated_width if gated else gated_width * 3 // 2
+
+
+def upgrade_model_args(model_args):
+    """model_args of a checkpoint -> the GPTConfig arguments that rebuild its model. Checkpoints whose model_args have
+    no `norm_topk` were made by a model.py whose auto FFN width was 4·n_embd (gated: 2/3 of it rounded to a multiple
+    of 64) and whose router always renormalised its top-k weights: spell both out. Other model_args pass unchanged."""
+    args = dict(model_args)
+    if 'norm_topk' not in args:
+        four_d = 4 * args.get('n_embd', GPTConfig.n_embd)
+        args['ffn_hidden'] = args.get('ffn_hidden', 0) or four_d
+        args['expert_hidden'] = args.get('expert_hidden', 0) or four_d
+        args['norm_topk'] = True
+    return args
 
 
 # -----------------------------------------------------------------------------
@@ -106,7 +153,7 @@ def _compute_dtype(x):
 # On CPU these activations are memory-bound: the FFN hidden tensor (B*T, hidden) is 16-32 MB at the bench config,
 # larger than the caches, and each of the ~20 elementwise passes of forward + backward would stream it from DRAM. So
 # eager CPU runs all passes over one block of rows before the next block: x, g and the temporaries of a 2 MB block
-# stay in cache. Measured (bench.py config, 2 threads, forward + backward of a (4096, 1024) fp32 tensor): PolyNorm
+# stay in cache. Measured (2 threads, forward + backward of a (4096, 1024) fp32 tensor, 16 x 256 tokens): PolyNorm
 # 20.9 -> 11.1 ms, PolyReLU 23.0 -> 11.1 ms (GELU: 3.8 ms); on the MoE's (8192, 1024): 62 -> 21 ms. Blocks of 0.5 to
 # 8 MB were tried, 2 MB was best. On GPU and under torch.compile (which fuses the passes) the whole tensor is one block.
 ROW_BLOCK_BYTES = 2 * 1024 * 1024
@@ -452,6 +499,7 @@ class MoE(nn.Module):
         super().__init__()
         d, n_expert = config.n_embd, config.n_expert
         self.n_expert, self.top_k = n_expert, config.top_k
+        self.norm_topk, self.z_loss_scaling = config.norm_topk, config.z_loss_scaling
         self.hidden = ffn_hidden_size(d, config.activation, config.expert_hidden)
         self.gated = ACTIVATIONS[config.activation].gated
         self.router = nn.Linear(d, n_expert, bias=False)
@@ -468,17 +516,19 @@ class MoE(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def route(self, x):
-        """x: (N, C) -> top-k expert ids (N, k), renormalised weights (N, k), router probs (N, E), logits (N, E).
-        Softmax in fp32 (outside autocast): bf16 probabilities are too coarse to rank and balance 64 experts.
-        The k chosen weights are renormalised to sum to 1 (Mixtral/OLMoE style) so the expert output has the scale of
-        a dense FFN whatever E and k are. (With k = 1 this makes the weight 1, so the router then learns only from the
-        load-balancing and z losses.)"""
+        """x: (N, C) -> top-k expert ids (N, k), their weights (N, k), router probs (N, E), logits (N, E).
+        Softmax over all E experts in fp32 (outside autocast): bf16 probabilities are too coarse to rank and balance
+        64 experts. The weights are the chosen experts' softmax probabilities as they are (OLMoE, whose megablocks
+        router does not renormalise; the paper's MoE is OLMoE), or with norm_topk=True divided by their sum so they add
+        up to 1 (Mixtral): the output then has a dense FFN's scale whatever E and k are, but with k = 1 the weight is
+        always 1 and the router learns only from the load-balancing and z losses."""
         router_dtype = torch.promote_types(x.dtype, torch.float32)     # fp32, or fp64 in the tests
         with torch.autocast(device_type=x.device.type, enabled=False):
             logits = F.linear(x.to(router_dtype), self.router.weight.to(router_dtype))   # (N, E)
         probs = logits.softmax(dim=-1)
         top_weight, top_expert = probs.topk(self.top_k, dim=-1)            # (N, k)
-        top_weight = top_weight / top_weight.sum(dim=-1, keepdim=True)
+        if self.norm_topk:
+            top_weight = top_weight / top_weight.sum(dim=-1, keepdim=True)
         return top_expert, top_weight, probs, logits
 
     def activation(self, h, offsets):
@@ -522,11 +572,21 @@ class MoE(nn.Module):
         if self.shared is not None:
             y = y + self.shared(x)
 
-        # Switch load balancing: E · Σ_i f_i P_i, f_i = fraction of routed pairs, P_i = mean router prob (1 = uniform)
+        # Switch load balancing E · Σ_i f_i P_i (1.0 at perfect balance): f_i = fraction of routed pairs, P_i = mean
+        # router prob. megablocks computes the same number as E/(N·k) · Σ_i count_i · P_i.
         load = tokens_per_expert.float() / (N * k)                            # (E,)
         balance_loss = E * (load * probs.mean(dim=0)).sum()
-        z_loss = torch.logsumexp(logits, dim=-1).square().mean()              # keeps router logits small (ST-MoE)
-        return self.dropout(y), (balance_loss, z_loss, load.detach())
+        return self.dropout(y), (balance_loss, self.z_loss(logits), load.detach())
+
+    def z_loss(self, logits):
+        """Router z-loss, which keeps the router logits small. logits: (N, E) -> scalar.
+        'st-moe' (ST-MoE, Zoph et al. 2022, who introduced it): mean over the N tokens of logsumexp(logits)²; its
+        strength does not depend on k. 'megablocks' (the scale of OLMo's megablocks integration): the same sum divided
+        by N·k, i.e. k times smaller, so a weight tuned there carries over. The paper states weight 0.001 for its
+        OLMoE-based MoE, but the official MoE trainer adds neither this nor the balance loss to its objective:
+        aux_loss_weight = z_loss_weight = 0 reproduces that."""
+        z = torch.logsumexp(logits, dim=-1).square().mean()
+        return z / self.top_k if self.z_loss_scaling == 'megablocks' else z
 
 
 # -----------------------------------------------------------------------------
@@ -546,17 +606,25 @@ class RMSNorm(nn.Module):
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 and we keep nanoGPT's spelling)."""
 
-    def __init__(self, dim, bias):
+    def __init__(self, dim, bias, eps=1e-5):
         super().__init__()
+        self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+def norm_eps(config):
+    """config.norm_eps, or where it is 0 the arch's own: RMSNorm 1e-6 (ours), LayerNorm 1e-5 (GPT-2's, nanoGPT's)."""
+    return config.norm_eps or (1e-6 if config.arch == 'modern' else 1e-5)
 
 
 def make_norm(config):
-    return RMSNorm(config.n_embd) if config.arch == 'modern' else LayerNorm(config.n_embd, config.bias)
+    if config.arch == 'modern':
+        return RMSNorm(config.n_embd, norm_eps(config))
+    return LayerNorm(config.n_embd, config.bias, norm_eps(config))
 
 
 def rope_tables(head_size, block_size, theta):
@@ -580,10 +648,16 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm as in OLMoE: one norm (with a gain) over the whole q and one over the whole k projection, all heads
+        # together, before RoPE. It bounds the attention logits, which keeps large-model training stable.
+        self.q_norm = make_norm(config) if config.qk_norm else None
+        self.k_norm = make_norm(config) if config.qk_norm else None
 
     def forward(self, x, rope=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)                  # (B, T, C) each
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if rope is not None:
             cos, sin = rope
@@ -643,19 +717,27 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_parameters(self):
-        """Normal(0, 0.02) for matrices, with residual projections scaled by 1/sqrt(2*n_layer) (GPT-2); norms 1;
-        biases 0; PolyCom coefficients keep their paper init (1/r, 0). Each parameter draws from its own generator
-        seeded by (init_seed, name), so models that differ only in their FFN get identical attention and embeddings."""
-        std = 0.02
+        """Normal(0, init_std) for every matrix (embeddings, router and output head included), residual projections
+        scaled by 1/sqrt(2*n_layer) if init_residual_scale (GPT-2, Megatron), truncated at ±init_cutoff·std if
+        init_cutoff > 0 (OLMoE); norms 1; biases 0; PolyCom coefficients keep their paper init (1/r, 0). Each parameter
+        draws from its own generator seeded by (init_seed, name), so models that differ only in their FFN get identical
+        attention and embeddings."""
+        c = self.config
+        std = c.init_std
         for name, p in self.named_parameters():
             if name.endswith('act.weight') or name.endswith('act.bias') or '.acts.' in name:
                 continue                                     # PolyCom coefficients: set in PolyCom.__init__
             if p.dim() < 2:
                 p.fill_(1.0 if name.endswith('weight') else 0.0)
                 continue
-            scale = std / math.sqrt(2 * self.config.n_layer) if name.endswith(RESIDUAL_PROJECTIONS) else std
-            generator = torch.Generator().manual_seed(self.config.init_seed * 1_000_003 + zlib.crc32(name.encode()))
-            p.copy_(torch.randn(p.shape, generator=generator) * scale)
+            residual = c.init_residual_scale and name.endswith(RESIDUAL_PROJECTIONS)
+            scale = std / math.sqrt(2 * c.n_layer) if residual else std
+            generator = torch.Generator().manual_seed(c.init_seed * 1_000_003 + zlib.crc32(name.encode()))
+            if c.init_cutoff > 0:
+                bound = c.init_cutoff * scale
+                p.copy_(nn.init.trunc_normal_(torch.empty(p.shape), 0.0, scale, -bound, bound, generator=generator))
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator) * scale)
 
     # ---- parameter accounting
 

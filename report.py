@@ -221,9 +221,9 @@ def activation_curves(model, idx, n_points=2000, grid_points=200):
 def analyze_run(run_dir, batch_size):
     """Load <run_dir>/ckpt.pt and compute everything the figures need; the result is cached in analysis.json."""
     import torch
-    from model import ACTIVATIONS, GPTConfig, GPT
+    from model import ACTIVATIONS, GPTConfig, GPT, upgrade_model_args
     ckpt = torch.load(run_dir / 'ckpt.pt', map_location='cpu', weights_only=True)
-    config = GPTConfig(**ckpt['model_args'])
+    config = GPTConfig(**upgrade_model_args(ckpt['model_args']))      # older checkpoints spell out their widths
     model = GPT(config, verbose=False)
     model.load_state_dict(ckpt['model'])
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -412,6 +412,7 @@ def plot_effective_rank(runs, colors, path):
         ax.set_title(f'FFN {side} matrices' + (' (W1, gate, up)' if side == 'input' else ' (W2)'))
         ax.set_xlabel('layer')
         ax.set_ylabel(f'effective rank (at most {ceiling})')
+        ax.set_ylim(0, max(ceiling, 1) * 1.05)          # from 0: a few units must not look like a large difference
         integer_ticks(ax)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -442,7 +443,7 @@ def plot_layer_cosine(runs, colors, path):
         integer_ticks(ax, 'x')
         integer_ticks(ax, 'y')
     if acts:
-        fig.colorbar(image, ax=list(axes[1:]), shrink=0.8)
+        fig.colorbar(image, ax=list(axes[1:]), shrink=0.8, label='mean cosine similarity over tokens')
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -479,8 +480,11 @@ def plot_poly_coefficients(runs, path):
             cmap = matplotlib.colormaps['viridis']
             for k, (group, band) in enumerate(sorted(groups.items(), key=lambda g: first_int(g[0]))):
                 ax.plot(band['iter'], band['mean'], color=cmap(k / max(len(groups) - 1, 1)), lw=1.2, label=group)
-            ax.set_title(f'{act}: {coef}')
+            power = coef[1:] if re.fullmatch(r'a\d+', coef) else None
+            meaning = '' if power is None else ' (constant term)' if power == '0' else f' (weight of power {power})'
+            ax.set_title(f'{act}: {coef}{meaning}')
             ax.set_xlabel('iteration')
+            ax.set_ylabel(f'{coef} (mean over seeds)')
             ax.grid(alpha=0.3)
             if col == 0:
                 ax.legend(fontsize=6)
@@ -513,10 +517,10 @@ def plot_activation_curves(runs, colors, path):
     for layer, ax in enumerate(axes):
         ax.set_title(f'layer {layer}')
         ax.set_xlabel('pre-activation x')
+        ax.set_ylabel('activation output f(x)')
         ax.axhline(0, color='k', lw=0.5)
         ax.axvline(0, color='k', lw=0.5)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel('f(x)')
     axes[0].legend(fontsize=7, markerscale=6)
     fig.savefig(path, dpi=110)
     plt.close(fig)

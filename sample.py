@@ -3,24 +3,24 @@ Sample text from a model trained with train.py.
 
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=300
     python sample.py --out_dir=out-gpt2-small --start=FILE:prompt.txt --temperature=0.8
+
+Every setting and the prompt file are checked before torch is imported, so a wrong one costs a fraction of a second
+and one error line naming it.
 """
+import math
 import os
 import sys
 from contextlib import nullcontext
 
-import torch
-
 import checkpoint
-from configurator import configure
-from data.dataset import get_tokenizer, load_meta
-from model import GPT, GPTConfig
+from configurator import configure, device_name_problem, device_problem
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'             # the folder holding ckpt.pt
 start = '\n'                # the prompt, or 'FILE:path' to read it from a file
 num_samples = 3
 max_new_tokens = 500
-temperature = 0.8           # 1.0 = the model's distribution, < 1 sharper, 0 = greedy
+temperature = 0.8           # 1.0 = the model's distribution, < 1 sharper, 0 = greedy (always the likeliest token)
 top_k = 200                 # sample only among the k likeliest tokens (0 = all)
 seed = 1337
 device = 'auto'             # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
@@ -29,45 +29,108 @@ compile = False
 # -----------------------------------------------------------------------------
 configure(globals())
 # -----------------------------------------------------------------------------
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 
 
 def fail(message):
+    """One clear line for a person, then exit with status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
+def setting_problem():
+    """The first thing wrong with the settings, as one line naming the key, or None."""
+    if num_samples < 1:
+        return f"num_samples must be >= 1, got {num_samples}"
+    if max_new_tokens < 1:
+        return f"max_new_tokens must be >= 1, got {max_new_tokens}"
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        return f"temperature must be a number >= 0 (0 = greedy, 1 = the model's distribution), got {temperature}"
+    if top_k < 0:
+        return f"top_k must be >= 0 (0 = sample among all tokens), got {top_k}"
+    if not 0 <= seed < 2 ** 31:
+        return f"seed must be in 0 .. 2**31 - 1, got {seed}"
+    if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
+        return f"dtype must be one of auto, float32, bfloat16, float16, got {dtype!r}"
+    if device_name_problem(device):
+        return device_name_problem(device)
+    if not os.path.isdir(out_dir):
+        what = "is a file, not a folder" if os.path.exists(out_dir) else "does not exist"
+        return f"out_dir {out_dir} {what}; pass the --out_dir of a train.py run (the folder holding ckpt.pt)"
+    if not os.path.exists(ckpt_path):
+        return f"no checkpoint at {ckpt_path}; train one first (python train.py --out_dir={out_dir} ...)"
+    return None
+
+
+def read_prompt(text):
+    """The prompt itself, or the contents of the file named by 'FILE:path'."""
+    if not text.startswith('FILE:'):
+        return text
+    path = text[len('FILE:'):]
+    try:
+        with open(path, encoding='utf-8') as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        fail(f"prompt file {path} (--start=FILE:{path}) is not UTF-8 text (bad byte at offset {e.start})")
+    except OSError as e:
+        fail(f"cannot read the prompt file {path} (--start=FILE:{path}): {e.strerror}")
+
+
+if setting_problem():
+    fail(setting_problem())
+start = read_prompt(start)
+if not start:
+    fail("the prompt is empty; give a non-empty --start (or a non-empty FILE:)")
+
+# torch comes only now (1-2 s): everything above fails fast
+import torch  # noqa: E402
+
+from data.dataset import get_tokenizer, load_meta  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+
+if device_problem(device):
+    fail(device_problem(device))
 if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 device_type = 'cuda' if device.startswith('cuda') else device
 if dtype == 'auto':
     dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    fail(f"dtype must be one of auto, float32, bfloat16, float16, got {dtype!r}")
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 torch.manual_seed(seed)
 
 try:
-    ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu')
-except FileNotFoundError as e:
+    ckpt = checkpoint.load(ckpt_path, map_location='cpu', required=('model', 'model_args'))
+except (FileNotFoundError, checkpoint.CheckpointError) as e:
     fail(str(e))
-model = GPT(GPTConfig(**ckpt['model_args']), verbose=False)
-model.load_state_dict(ckpt['model'])
+try:
+    model = GPT(GPTConfig(**ckpt['model_args']), verbose=False)
+    model.load_state_dict(ckpt['model'])
+except (TypeError, ValueError, RuntimeError) as e:   # settings or weights of another version of model.py
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    fail(f"the checkpoint {ckpt_path} does not fit this model.py ({first}); it was written by another version of "
+         f"the code")
 model.eval().to(device)
 if compile:
     model = torch.compile(model)
 
-# the tokenizer: from the meta.json saved in the checkpoint (older checkpoints: the dataset folder)
-meta = ckpt.get('meta')
-if meta is None:
-    dataset = ckpt['config']['dataset']
-    meta = load_meta(dataset if os.sep in dataset else os.path.join(os.path.dirname(__file__), 'data', dataset))
-encode, decode = get_tokenizer(meta)
 
-if start.startswith('FILE:'):
-    with open(start[5:], encoding='utf-8') as f:
-        start = f.read()
+def checkpoint_meta():
+    """The tokenizer's meta: saved in the checkpoint (older checkpoints: the dataset folder's meta.json)."""
+    if ckpt.get('meta') is not None:
+        return ckpt['meta']
+    dataset = ckpt.get('config', {}).get('dataset')
+    if not dataset:
+        fail(f"{ckpt_path} records neither its vocabulary nor its dataset, so its tokens cannot be decoded")
+    try:
+        return load_meta(dataset if os.sep in dataset else os.path.join(os.path.dirname(__file__), 'data', dataset))
+    except (FileNotFoundError, ValueError) as e:
+        fail(f"the vocabulary of {ckpt_path} comes from its dataset, which cannot be read: {e}")
+
+
+meta = checkpoint_meta()
 try:
+    encode, decode = get_tokenizer(meta)
     start_ids = encode(start)
 except ValueError as e:
     fail(f"cannot encode the prompt: {e}")

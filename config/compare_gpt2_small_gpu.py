@@ -29,7 +29,7 @@ gradient_accumulation_steps = 32
 learning_rate = 6e-4
 min_lr = 6e-5
 max_iters = 1000
-lr_decay_iters = 1000
+# lr_decay_iters: train.py's -1, i.e. the cosine ends at max_iters
 warmup_iters = 100
 weight_decay = 0.1
 beta2 = 0.95

@@ -25,7 +25,7 @@ batch_size = 32                  # 4096 characters per iteration
 gradient_accumulation_steps = 1
 learning_rate = 2e-3             # short run, small model: a high peak learning rate
 max_iters = 400
-lr_decay_iters = 400
+# lr_decay_iters is left at train.py's -1: the cosine ends at max_iters, also when --max_iters shortens a run
 min_lr = 2e-4
 warmup_iters = 40
 beta2 = 0.99

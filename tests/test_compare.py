@@ -26,6 +26,7 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4', '--eval_iters=2',
         '--eval_interval=2', '--log_interval=1', '--warmup_iters=1', '--learning_rate=3e-3', '--device=cpu',
         '--dtype=float32', '--compile=False']
+TINY_NO_SIZE = [a for a in TINY if not a.startswith(('--n_layer', '--n_embd', '--n_head'))]   # for --sizes runs
 FIGURES = ['loss_curves.png', 'effective_rank.png', 'layer_cosine.png', 'poly_coefficients.png', 'activation_curves.png']
 
 
@@ -304,8 +305,7 @@ def test_a_partial_run_is_left_out_of_every_number(tuned, tmp_path):
     (['--activations=gelu,nosuch'], ['nosuch']),
 ])
 def test_mistakes_get_one_line_and_no_traceback(args, words, tmp_path):
-    tiny = [a for a in TINY if not a.startswith(('--n_layer', '--n_embd', '--n_head'))]   # --sizes sets those
-    done = run_compare(*tiny, f'--out_dir={tmp_path / "out"}', *args, check=False)
+    done = run_compare(*TINY_NO_SIZE, f'--out_dir={tmp_path / "out"}', *args, check=False)
     assert done.returncode == 2, done.stdout + done.stderr
     assert 'Traceback' not in done.stderr + done.stdout
     line = done.stderr.strip()
@@ -351,7 +351,7 @@ def test_ffn_parameters_match_within_one_percent_at_every_size(n_embd):
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp('sweep')
     data_dir = make_dataset(root / 'tiny_char')
-    args = [*TINY, f'--dataset={data_dir}', '--max_iters=3', '--activations=gelu,polynorm', '--seeds=1',
+    args = [*TINY_NO_SIZE, f'--dataset={data_dir}', '--max_iters=3', '--activations=gelu,polynorm', '--seeds=1',
             '--sizes=1x32,2x64', '--head_size=16', f'--out_dir={root / "out"}']
     done = run_compare(*args)
     return root / 'out', args, done
@@ -399,3 +399,42 @@ def test_tokens_per_param_sets_each_sizes_training_length(tmp_path):
         assert level['max_iters'] == -(-int(0.5 * level['non_embedding_params']) // 64)
         assert level['settings']['lr_decay_iters'] == level['max_iters']
     assert plan.levels[1]['max_iters'] > plan.levels[0]['max_iters']
+
+
+def test_a_second_compare_on_a_busy_out_dir_is_refused_naming_the_holder(tmp_path):
+    """Two compare.py on one out_dir would train every run twice: the second stops in one line naming the first."""
+    import checkpoint
+    out = tmp_path / 'out'
+    with checkpoint.lock_dir(str(out), 'compare.py'):        # held by this (live) pytest process
+        done = run_compare(*TINY, f'--dataset={make_dataset(tmp_path / "tiny_char")}', '--max_iters=2',
+                           '--activations=gelu', '--seeds=1', f'--out_dir={out}', check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert 'Traceback' not in done.stdout + done.stderr
+    assert str(os.getpid()) in done.stderr, done.stderr
+    assert not (out / 'gelu-s1').exists()                    # nothing was trained
+    done = run_compare(*TINY, f'--dataset={tmp_path / "tiny_char"}', '--max_iters=2', '--activations=gelu',
+                       '--seeds=1', f'--out_dir={out}')     # released: now it runs
+    assert (out / 'gelu-s1' / 'summary.json').exists()
+
+
+def test_ctrl_c_stops_the_runs_with_one_line_that_says_how_to_continue(tmp_path):
+    """SIGINT while a run trains: exit 130, no traceback, one line on how to continue, the run not marked finished."""
+    import signal
+    import time
+    data_dir = make_dataset(tmp_path / 'tiny_char')
+    args = [*TINY, f'--dataset={data_dir}', '--activations=gelu', '--seeds=1', f'--out_dir={tmp_path / "out"}']
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, 'compare.py', *args, '--max_iters=100000'], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / 'out' / 'gelu-s1' / 'log.csv'
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.exists() and len(read_rows(log)) >= 3):
+        time.sleep(0.5)                                       # wait until the run is training and has saved
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert 'Traceback' not in stdout + stderr, stderr[-3000:]
+    assert 'rerun the same command' in stderr
+    summary = json.loads((tmp_path / 'out' / 'gelu-s1' / 'summary.json').read_text()) \
+        if (tmp_path / 'out' / 'gelu-s1' / 'summary.json').exists() else {}
+    assert not summary.get('finished')

@@ -1,12 +1,22 @@
-"""model.py: the PolyCom activations are exactly the paper's, the FFNs are parameter-matched, every activation trains and
-compiles, and bad arguments fail with a clear ValueError."""
+"""model.py: the PolyCom activations are exactly the paper's, the FFNs are parameter-matched by the paper's width rule,
+every activation trains and compiles, the knobs where the paper's models differ from our defaults work, the paper
+presets build and train, and bad arguments fail with a clear ValueError."""
+
+import math
+import os
+import sys
+from dataclasses import fields
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (ACTIVATIONS, GPT, MLP, GPTConfig, PolyBaseFunction, PolyCom, PolyNorm, PolyNormFunction, PolyReLU,
-                   build_activation, ffn_hidden_size)
+from configurator import read_config_file
+from model import (ACTIVATIONS, GPT, MLP, GPTConfig, LayerNorm, PolyBaseFunction, PolyCom, PolyNorm, PolyNormFunction,
+                   PolyReLU, RMSNorm, build_activation, ffn_hidden_size, upgrade_model_args)
+
+sys.path.insert(0, os.path.dirname(__file__))
+from train_helpers import REPO, make_char_dataset, read_log, run_script  # noqa: E402
 
 
 def tiny_config(**overrides):
@@ -200,16 +210,35 @@ def test_plain_autograd_polynorm_would_save_much_more():
 
 # ---- parameter matching and model behaviour
 
-def test_gated_ffn_gets_two_thirds_of_the_width_like_the_paper():
-    assert ffn_hidden_size(2048, 'swiglu', 8256) == 5504
-    assert ffn_hidden_size(2048, 'polynorm', 8256) == 8256
+def test_auto_ffn_widths_are_the_papers_5504_and_8256_at_d_2048():
+    assert ffn_hidden_size(2048, 'swiglu') == 5504            # 2/3 * 8192 = 5461.3, rounded UP to a multiple of 64
+    assert ffn_hidden_size(2048, 'polynorm') == ffn_hidden_size(2048, 'gelu') == 8256   # 1.5 x 5504
     assert ffn_hidden_size(768, 'swiglu') == 2048 and ffn_hidden_size(768, 'gelu') == 3072
 
 
-def test_swiglu_and_polynorm_ffn_parameter_counts_agree_within_one_percent():
-    counts = {a: GPT(tiny_config(activation=a, n_embd=192, n_head=4), verbose=False).num_ffn_params()
-              for a in ("swiglu", "polynorm")}
-    assert abs(counts["swiglu"] / counts["polynorm"] - 1) < 0.01, counts
+def test_an_explicit_ffn_hidden_wins_and_gated_ffns_get_two_thirds_of_it():
+    assert ffn_hidden_size(2048, 'swiglu', 8256) == 5504 and ffn_hidden_size(2048, 'polynorm', 8256) == 8256
+    # the default comparison (config/compare_shakespeare_char.py): 576 and 384, 147,456 FFN weights each
+    assert ffn_hidden_size(128, 'polynorm', 576) == 576 and ffn_hidden_size(128, 'swiglu', 576) == 384
+    assert ffn_hidden_size(128, 'gelu', 512) == 512 and ffn_hidden_size(128, 'swiglu', 512) == 320
+
+
+def ffn_matrix_and_scalar_counts(n_embd, activation, ffn_hidden=0):
+    """(weights in the FFN's matrices, all FFN parameters) of a dense FFN, built on the meta device (no memory)."""
+    cfg = GPTConfig(n_embd=n_embd, n_head=1, arch='gpt2', activation=activation, ffn_hidden=ffn_hidden)
+    with torch.device('meta'):
+        mlp = MLP(cfg)
+    return sum(p.numel() for p in mlp.parameters() if p.dim() == 2), sum(p.numel() for p in mlp.parameters())
+
+
+@pytest.mark.parametrize("n_embd", list(range(64, 2049, 64)) + [24, 100, 130, 200, 333, 1000, 1500, 2047])
+def test_auto_widths_give_swiglu_exactly_the_ffn_weights_of_every_other_activation(n_embd):
+    swiglu, _ = ffn_matrix_and_scalar_counts(n_embd, 'swiglu')
+    for activation in ('gelu', 'polyrelu', 'polynorm'):
+        matrices, total = ffn_matrix_and_scalar_counts(n_embd, activation)
+        assert matrices == swiglu, (n_embd, activation)
+        assert total - swiglu <= 4 and abs(total / swiglu - 1) < 0.01     # PolyCom adds its r + 1 = 4 scalars
+    assert ffn_hidden_size(n_embd, 'swiglu') % 64 == 0
 
 
 def test_non_ffn_initialization_is_identical_across_activations():
@@ -315,6 +344,96 @@ def test_inductor_compiled_and_eager_logits_agree(activation):
     torch.testing.assert_close(logits, eager_logits, rtol=1e-4, atol=1e-4)
 
 
+# ---- the knobs around the FFN where the paper's models and our defaults differ
+
+def test_norm_eps_defaults_to_each_archs_own_and_reaches_every_norm():
+    modern, gpt2 = GPT(tiny_config(), verbose=False), GPT(tiny_config(arch='gpt2'), verbose=False)
+    assert {m.eps for m in modern.modules() if isinstance(m, RMSNorm)} == {1e-6}
+    assert {m.eps for m in gpt2.modules() if isinstance(m, LayerNorm)} == {1e-5}
+    paper = GPT(tiny_config(norm_eps=1e-5, qk_norm=True), verbose=False)
+    norms = [m for m in paper.modules() if isinstance(m, RMSNorm)]
+    assert len(norms) == 4 * 2 + 1 and {m.eps for m in norms} == {1e-5}    # ln_1, ln_2, q and k norms, ln_f
+    x = torch.randn(3, 48) * 1e-3                                            # tiny rows: eps matters
+    torch.testing.assert_close(norms[0](x), x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+
+
+def test_qk_norm_normalises_the_whole_q_and_k_projections():
+    """With QK-norm, scaling the q and k rows of the attention's input projection changes nothing (RMSNorm is
+    scale-invariant up to eps); without it the attention logits, and so the output, change."""
+    idx = torch.randint(0, 32, (2, 16))
+    for qk_norm in (True, False):
+        model = GPT(tiny_config(qk_norm=qk_norm), verbose=False)
+        before, _ = model(idx, idx)
+        with torch.no_grad():
+            for block in model.transformer.h:
+                block.attn.c_attn.weight[:2 * 48] *= 10.0                     # rows of q and k: (2C, C) of (3C, C)
+        after, _ = model(idx, idx)
+        assert torch.allclose(before, after, atol=1e-5) == qk_norm
+    attn = GPT(tiny_config(qk_norm=True), verbose=False).transformer.h[0].attn
+    assert attn.q_norm.weight.shape == attn.k_norm.weight.shape == (48,)   # one gain over all heads (OLMoE)
+    assert GPT(tiny_config(), verbose=False).transformer.h[0].attn.q_norm is None
+
+
+def test_init_std_residual_scaling_and_truncation():
+    def weights(**overrides):
+        model = GPT(tiny_config(n_embd=256, n_head=4, n_layer=8, **overrides), verbose=False)
+        return model.transformer.h[0].attn.c_attn.weight, model.transformer.h[0].attn.c_proj.weight
+
+    c_attn, c_proj = weights()                                               # GPT-2's: 0.02, 0.02 / sqrt(16)
+    assert c_attn.std().item() == pytest.approx(0.02, rel=0.02)
+    assert c_proj.std().item() == pytest.approx(0.005, rel=0.02)
+    c_attn, c_proj = weights(init_std=0.013975)                              # the paper's dense model
+    assert c_attn.std().item() == pytest.approx(0.013975, rel=0.02)
+    assert c_proj.std().item() == pytest.approx(0.013975 / 4, rel=0.02)
+    c_attn, c_proj = weights(init_residual_scale=False, init_cutoff=3.0)     # OLMoE's
+    assert c_proj.std().item() == pytest.approx(0.02 * 0.9866, rel=0.02)     # a normal cut at 3 sigma: std x 0.9866
+    assert c_attn.abs().max().item() <= 0.06 and c_proj.abs().max().item() <= 0.06
+    assert c_attn.abs().max().item() > 0.05                                   # 200k draws reach close to the cut
+
+
+def test_checkpoint_model_args_without_the_new_fields_rebuild_the_old_widths_and_routing():
+    old = dict(n_layer=1, n_head=2, n_embd=128, block_size=8, vocab_size=16, activation='polynorm', ffn_hidden=0,
+               n_expert=0, expert_hidden=0)
+    assert MLP(GPTConfig(**upgrade_model_args(old))).hidden == 512           # the 4 x n_embd rule of those checkpoints
+    assert MLP(GPTConfig(**upgrade_model_args(dict(old, activation='swiglu')))).hidden == 320
+    assert upgrade_model_args(old)['norm_topk'] is True and upgrade_model_args(old)['expert_hidden'] == 512
+    assert upgrade_model_args(dict(old, ffn_hidden=576))['ffn_hidden'] == 576
+    new = dict(old, norm_topk=False)
+    assert upgrade_model_args(new) == new
+
+
+def preset(name, vocab_size):
+    """The GPTConfig a train.py config file builds (its model knobs over GPTConfig's defaults)."""
+    values = read_config_file(os.path.join(REPO, 'config', name))
+    known = {f.name for f in fields(GPTConfig)}
+    return GPTConfig(vocab_size=vocab_size, **{k: v for k, v in values.items() if k in known})
+
+
+@pytest.mark.parametrize("activation", ["polynorm", "swiglu"])
+def test_paper_dense_preset_has_the_official_choices_and_a_hand_counted_size(activation):
+    cfg = preset('paper_dense.py', vocab_size=65)
+    cfg.activation = activation
+    assert (cfg.tie_weights, cfg.norm_eps, cfg.qk_norm, cfg.init_std, cfg.arch, cfg.bias) == \
+        (False, 1e-5, False, 0.013975, 'modern', False)
+    model = GPT(cfg, verbose=False)
+    V, d, L = 65, 128, 4
+    ffn = 2 * d * 576 + 4 if activation == 'polynorm' else 3 * d * 384      # the paper's rule at d = 128
+    per_layer = 4 * d * d + 2 * d + ffn                                      # qkv and output, two RMSNorm gains, FFN
+    assert model.num_params() == 2 * V * d + L * per_layer + d               # untied: embedding and head both count
+    assert model.lm_head.weight is not model.transformer.wte.weight
+
+
+def test_paper_dense_preset_trains_with_train_py(tmp_path):
+    data_dir = make_char_dataset(tmp_path / 'data')
+    run_script(['train.py', 'config/paper_dense.py', f'--dataset={data_dir}', f'--out_dir={tmp_path / "out"}',
+                '--max_iters=3', '--batch_size=2', '--block_size=32', '--eval_iters=1', '--eval_interval=3',
+                '--log_interval=1', '--warmup_iters=1'])
+    rows = read_log(tmp_path / 'out')
+    assert len(rows) >= 3 and all(math.isfinite(float(r['train_loss'])) for r in rows if r['train_loss'])
+    args = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['model_args']
+    assert (args['tie_weights'], args['norm_eps'], args['init_std']) == (False, 1e-5, 0.013975)
+
+
 # ---- bad input
 
 @pytest.mark.parametrize("overrides, message", [
@@ -325,6 +444,10 @@ def test_inductor_compiled_and_eager_logits_agree(activation):
     (dict(arch='llama'), "arch"),
     (dict(n_embd=50, n_head=3), "divisible"),
     (dict(dropout=1.0), "dropout"),
+    (dict(ffn_hidden=-1), "ffn_hidden"),
+    (dict(norm_eps=-1e-5), "norm_eps"),
+    (dict(init_std=0.0), "init_std"),
+    (dict(init_cutoff=-3.0), "init_cutoff"),
 ])
 def test_bad_config_raises_value_error_naming_the_fix(overrides, message):
     with pytest.raises(ValueError, match=message):

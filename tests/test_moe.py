@@ -1,10 +1,21 @@
-"""The MoE FFN: top-k routing, dropless grouped experts, Switch load balancing and router z-loss."""
+"""The MoE FFN: top-k routing (OLMoE's raw top-k probabilities or Mixtral's renormalised ones), dropless grouped
+experts, Switch load balancing and router z-loss at ST-MoE's or megablocks' scale, the paper's expert widths, and the
+OLMoE-based paper preset."""
+
+import math
+import os
+import sys
+from dataclasses import fields
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, MLP, GPTConfig, grouped_matmul, MoE
+from configurator import read_config_file
+from model import GPT, MLP, GPTConfig, grouped_matmul, MoE, ffn_hidden_size
+
+sys.path.insert(0, os.path.dirname(__file__))
+from train_helpers import REPO, make_char_dataset, read_log, run_script  # noqa: E402
 
 
 def moe_config(**overrides):
@@ -15,13 +26,15 @@ def moe_config(**overrides):
 
 
 def naive_moe(moe, x):
-    """One token at a time: softmax over all experts, top-k, renormalise, sum the chosen experts' FFN outputs."""
+    """One token at a time: softmax over all experts, top-k, renormalise if norm_topk, sum the chosen experts' FFN
+    outputs weighted by their router weights."""
     B, T, C = x.shape
     out = []
     for token in x.reshape(-1, C):
         probs = F.softmax(token @ moe.router.weight.t(), dim=-1)
         weights, experts = probs.topk(moe.top_k)
-        weights = weights / weights.sum()
+        if moe.norm_topk:
+            weights = weights / weights.sum()
         y = torch.zeros_like(token)
         for w, e in zip(weights, experts):
             h = token @ moe.w_fc[e]
@@ -31,10 +44,11 @@ def naive_moe(moe, x):
     return torch.stack(out).reshape(B, T, C)
 
 
-@pytest.mark.parametrize("activation", ["polynorm", "swiglu", "gelu"])
-def test_moe_output_and_gradients_equal_a_per_token_loop_in_float64(activation):
+@pytest.mark.parametrize("activation, norm_topk", [("polynorm", False), ("swiglu", False), ("gelu", False),
+                                                  ("polynorm", True), ("swiglu", True)])
+def test_moe_output_and_gradients_equal_a_per_token_loop_in_float64(activation, norm_topk):
     torch.manual_seed(0)
-    moe = MoE(moe_config(activation=activation)).double()
+    moe = MoE(moe_config(activation=activation, norm_topk=norm_topk)).double()
     for p in moe.parameters():
         p.data.normal_(0, 0.3) if p.dim() > 1 else None
     x = torch.randn(2, 5, 48, dtype=torch.float64, requires_grad=True)
@@ -82,6 +96,52 @@ def test_one_expert_top_one_equals_the_dense_ffn():
     x = torch.randn(2, 8, 48)
     y, _ = moe(x)
     torch.testing.assert_close(y, dense(x), rtol=1e-5, atol=1e-6)
+
+
+def router_with_logits(logits, **overrides):
+    """An MoE over 4 experts whose router gives every token exactly these logits (x = first basis vector)."""
+    moe = MoE(moe_config(n_expert=4, **overrides)).double()
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[:, 0] = torch.tensor(logits, dtype=torch.float64)
+    x = torch.zeros(3, 48, dtype=torch.float64)
+    x[:, 0] = 1.0
+    return moe, x
+
+
+def test_router_weights_are_raw_top_k_probabilities_by_default_and_sum_to_one_with_norm_topk():
+    logits = [2.0, 1.0, 0.0, -1.0]
+    total = sum(math.exp(v) for v in logits)                     # 11.4752...
+    p0, p1 = math.exp(2.0) / total, math.exp(1.0) / total        # 0.6439..., 0.2369...: experts 0 and 1 win
+    moe, x = router_with_logits(logits, top_k=2)                 # default: OLMoE's (no renormalisation)
+    experts, weights, probs, _ = moe.route(x)
+    assert experts.tolist() == [[0, 1]] * 3
+    torch.testing.assert_close(weights, torch.tensor([[p0, p1]] * 3, dtype=torch.float64))
+    assert weights.sum(-1).max().item() == pytest.approx(0.8808, abs=1e-4)
+    moe, x = router_with_logits(logits, top_k=2, norm_topk=True)  # Mixtral's
+    _, weights, _, _ = moe.route(x)
+    torch.testing.assert_close(weights, torch.tensor([[p0 / (p0 + p1), p1 / (p0 + p1)]] * 3, dtype=torch.float64))
+    moe, x = router_with_logits(logits, top_k=1, norm_topk=True)  # k = 1 renormalised: always weight 1
+    assert moe.route(x)[1].eq(1.0).all()
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+def test_z_loss_at_st_moe_and_megablocks_scale(top_k):
+    logits = [2.0, 1.0, 0.0, -1.0]
+    lse_squared = math.log(sum(math.exp(v) for v in logits)) ** 2   # the same for every token
+    moe, x = router_with_logits(logits, top_k=top_k)
+    assert moe.z_loss_scaling == 'st-moe'
+    assert moe.z_loss(moe.route(x)[3]).item() == pytest.approx(lse_squared, rel=1e-12)
+    moe, x = router_with_logits(logits, top_k=top_k, z_loss_scaling='megablocks')
+    # megablocks: Σ_tokens logsumexp² / (tokens · top_k)
+    assert moe.z_loss(moe.route(x)[3]).item() == pytest.approx(3 * lse_squared / (3 * top_k), rel=1e-12)
+
+
+def test_zero_weights_leave_the_objective_pure_cross_entropy_as_the_official_trainer_does():
+    model = GPT(moe_config(aux_loss_weight=0.0, z_loss_weight=0.0), verbose=False)
+    idx = torch.randint(0, 32, (2, 16))
+    _, _, aux = model(idx, idx, return_aux=True)
+    assert aux['aux_total'].item() == 0.0 and aux['balance_loss'] > 0 and aux['z_loss'] > 0   # still logged
 
 
 def test_balance_loss_is_one_for_perfectly_uniform_routing():
@@ -171,7 +231,67 @@ def test_tiny_polynorm_moe_trains_compiled_without_graph_breaks():
     assert losses[-1] < losses[0] - 0.1, losses
 
 
+def expert_weight_count(n_embd, activation, expert_hidden=0):
+    cfg = GPTConfig(n_embd=n_embd, n_head=1, arch='gpt2', activation=activation, n_expert=4, top_k=2,
+                    expert_hidden=expert_hidden)
+    with torch.device('meta'):
+        moe = MoE(cfg)
+    return sum(p.numel() for p in (moe.w_fc, moe.w_gate, moe.w_proj) if p is not None), moe.hidden
+
+
+@pytest.mark.parametrize("n_embd", [64, 128, 200, 256, 768, 1000, 2048])
+def test_auto_expert_widths_follow_the_dense_rule_and_match_exactly(n_embd):
+    swiglu, gated_width = expert_weight_count(n_embd, 'swiglu')
+    polynorm, width = expert_weight_count(n_embd, 'polynorm')
+    assert swiglu == polynorm and gated_width == ffn_hidden_size(n_embd, 'swiglu') and width == gated_width * 3 // 2
+
+
+def test_olmoe_expert_widths_1536_and_1024_hold_the_same_weights():
+    assert expert_weight_count(2048, 'swiglu', 1536) == (4 * 3 * 2048 * 1024, 1024)
+    assert expert_weight_count(2048, 'polynorm', 1536) == (4 * 2 * 2048 * 1536, 1536)
+
+
+def paper_moe_preset(vocab_size, **overrides):
+    values = read_config_file(os.path.join(REPO, 'config', 'paper_moe.py'))
+    known = {f.name for f in fields(GPTConfig)}
+    settings = {k: v for k, v in values.items() if k in known}
+    settings.update(vocab_size=vocab_size, **overrides)
+    return GPTConfig(**settings)
+
+
+@pytest.mark.parametrize("activation", ["polynorm", "swiglu"])
+def test_paper_moe_preset_has_olmoes_choices_and_a_hand_counted_size(activation):
+    cfg = paper_moe_preset(65, activation=activation)
+    assert (cfg.n_expert, cfg.top_k, cfg.norm_topk, cfg.qk_norm, cfg.tie_weights, cfg.norm_eps) == \
+        (64, 8, False, True, False, 1e-5)
+    assert (cfg.init_std, cfg.init_residual_scale, cfg.init_cutoff, cfg.z_loss_scaling) == \
+        (0.02, False, 3.0, 'megablocks')
+    model = GPT(cfg, verbose=False)
+    V, d, L, E, k = 65, 128, 4, 64, 8
+    expert = 2 * d * 96 if activation == 'polynorm' else 3 * d * 64         # OLMoE's 0.75 d vs 0.5 d
+    shared_poly = 4 if activation == 'polynorm' else 0                       # one PolyNorm per layer, all experts
+    per_layer = 4 * d * d + 4 * d + d * E + E * expert + shared_poly         # attention, 4 norm gains, router, experts
+    assert model.num_params() == 2 * V * d + L * per_layer + d
+    assert model.num_params() - model.num_active_params() == L * (E - k) * expert
+    weights = model.transformer.h[0].mlp.w_fc
+    assert weights.abs().max().item() <= 3 * 0.02                              # truncated at 3 sigma
+
+
+def test_paper_moe_preset_trains_with_train_py(tmp_path):
+    data_dir = make_char_dataset(tmp_path / 'data')
+    run_script(['train.py', 'config/paper_moe.py', f'--dataset={data_dir}', f'--out_dir={tmp_path / "out"}',
+                '--max_iters=3', '--batch_size=2', '--block_size=32', '--eval_iters=1', '--eval_interval=3',
+                '--log_interval=1', '--warmup_iters=1'])
+    rows = [r for r in read_log(tmp_path / 'out') if r['train_loss']]
+    assert len(rows) == 3 and all(math.isfinite(float(r['train_loss'])) and float(r['z_loss']) > 0 for r in rows)
+    args = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['model_args']
+    assert (args['n_expert'], args['top_k'], args['qk_norm'], args['norm_topk']) == (64, 8, True, False)
+
+
 @pytest.mark.parametrize("overrides, message", [
+    (dict(z_loss_scaling='mean'), "z_loss_scaling"),
+    (dict(z_loss_weight=-0.001), "z_loss_weight"),
+    (dict(expert_hidden=-1), "expert_hidden"),
     (dict(n_expert=4, top_k=5), "cannot exceed n_expert"),
     (dict(n_expert=4, top_k=0), "top_k must be >= 1"),
     (dict(n_expert=1, top_k=2), "cannot exceed n_expert"),

@@ -36,10 +36,19 @@ README = REPO / 'README.md'
 # flags appended to a README command so it finishes in seconds on a 2-core CPU
 TRAIN = ['--max_iters=2', '--eval_interval=1', '--eval_iters=1', '--log_interval=1']
 TINY_MODEL = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--ffn_hidden=64', '--block_size=16', '--batch_size=4']
-SMOKE = [   # (program, an argument the command must have, or None; flags appended)
+SMOKE = [   # (program, an argument (or --flag, any value) the command must have, or None; flags appended)
     ('train.py', '--init_from=resume', ['--max_iters=4', *TRAIN[1:]]),   # resumes a smoke run of 2: 2 iterations more
     ('train.py', None, TRAIN),
     ('torchrun train.py', None, TRAIN),      # on CPU (gloo); a CUDA torchrun is skipped below
+    # a size sweep sets the model per size: tiny sizes instead of TINY_MODEL; 2 activations x 2 sizes x 2 seeds
+    ('compare.py', '--sizes', TRAIN + ['--sizes=1x32,1x64', '--head_size=16', '--block_size=16', '--batch_size=4',
+                                       '--activations=gelu,polynorm', '--seeds=1,2', '--analysis_batch_size=2']),
+    ('compare.py', 'config/scaling_shakespeare_char.py', TRAIN + ['--sizes=1x32,1x64', '--head_size=16',
+                   '--block_size=16', '--batch_size=4', '--activations=gelu,polynorm', '--seeds=1,2',
+                   '--analysis_batch_size=2']),
+    # tuning: a 2-rate grid on 2 activations and 2 seeds, so the tuned path and the paired statistics both run
+    ('compare.py', '--tune_lr', TRAIN + TINY_MODEL + ['--tune_lr=1e-3,4e-3', '--activations=gelu,polynorm',
+                                                      '--seeds=1,2', '--analysis_batch_size=2']),
     ('compare.py', None, TRAIN + TINY_MODEL + ['--analysis_batch_size=2']),   # --seeds and --activations kept
     ('sample.py', None, ['--max_new_tokens=20']),
     ('bench.py', None, ['--repeats=1', '--warmup_steps=1', '--modes=eager', '--moe_modes=', '--matmul_peak=False',
@@ -166,10 +175,14 @@ class Command:
         if reasons:
             return 'skip', '; '.join(reasons)
         for program, needed, flags in SMOKE:
-            if program == self.program and (needed is None or needed in self.args):
+            if program == self.program and (needed is None or self.has_arg(needed)):
                 return 'run', self.executable() + self.args + flags
         return 'fail', (f"no smoke rule for the README command `{self.text}`: add a row to SMOKE or SKIPS in "
                         f"tests/test_readme.py (or fix the command)")
+
+    def has_arg(self, needed):
+        """The command has this argument, or this --flag with any value."""
+        return any(a == needed or a.startswith(needed + '=') for a in self.args)
 
     def executable(self):
         if self.program.startswith('torchrun '):

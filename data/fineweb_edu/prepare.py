@@ -59,6 +59,11 @@ def main():
     parser.add_argument('--max_tokens', type=int, default=0, help='stop after this many tokens; 0 = whole subset')
     parser.add_argument('--workers', type=int, default=0, help='tokenizer processes; 0 = all cores')
     args = parser.parse_args()
+    for key, low in (('shard_tokens', 1), ('val_tokens', 1), ('max_tokens', 0), ('workers', 0)):
+        if getattr(args, key) < low:
+            parser.error(f"--{key}={getattr(args, key)} must be >= {low}")
+    if args.max_tokens and args.max_tokens <= args.val_tokens:
+        parser.error(f"--max_tokens={args.max_tokens} leaves nothing for training after --val_tokens={args.val_tokens}")
     meta = prepare_documents(stream_documents(args.subset), os.path.dirname(os.path.abspath(__file__)),
                              f'{DATASET} ({args.subset}), streamed', args.shard_tokens, args.val_tokens,
                              args.max_tokens or None, args.workers or None)

@@ -1,0 +1,392 @@
+"""
+What a user's mistake or a fault costs: one line naming what was wrong (the key or the file) and what to do, a non-zero
+exit status and never a traceback; and never a lost or mixed-up run or dataset.
+
+The walk runs each script as a user would, in a subprocess (data/text/prepare.py in-process, so that it writes under
+a temporary data root instead of the repo's data/). Most cases fail before torch is imported, in well under a second;
+the faults that need a running training (disk full, Ctrl-C, divergence) use a one-layer model for a few iterations.
+"""
+import errno
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+from data.dataset import load_meta
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_data import load_script  # noqa: E402
+from train_helpers import REPO, env, make_char_dataset, read_log, run_script  # noqa: E402
+
+# the smallest useful run; the walk's flags come after these, so they win
+TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4', '--max_iters=2',
+        '--eval_interval=2', '--eval_iters=2', '--log_interval=1', '--warmup_iters=1', '--device=cpu',
+        '--compile=False']
+
+
+def train_args(paths, *args):
+    return ['train.py', *TINY, f"--dataset={paths['data']}", f"--out_dir={paths['fresh']}", *args]
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    """Everything the cases point at: good and broken datasets, a finished run, broken files of every kind."""
+    root = tmp_path_factory.mktemp('errors')
+    paths = {'root': str(root), 'data': make_char_dataset(root / 'data')}
+    paths.update(broken_datasets(root, paths['data']))
+    paths['run'] = str(root / 'run')
+    run_script(train_args(dict(paths, fresh=paths['run'])))   # a finished 2-iteration run
+    damaged = root / 'damaged'
+    damaged.mkdir()
+    (damaged / 'ckpt.pt').write_bytes(open(os.path.join(paths['run'], 'ckpt.pt'), 'rb').read()[:5000])
+    paths['damaged'] = str(damaged)
+    (root / 'empty').mkdir()
+    paths['empty'] = str(root / 'empty')
+    paths['file'] = str(root / 'a_file.txt')
+    (root / 'a_file.txt').write_text('not a folder\n')
+    paths['latin1'] = str(root / 'latin1.txt')
+    (root / 'latin1.txt').write_bytes('caf\xe9\n'.encode('latin-1'))
+    paths['syntax_error_config'] = str(root / 'syntax_error.py')
+    (root / 'syntax_error.py').write_text("n_layer = 1\nlearning_rate = = 3\n")
+    paths['crashing_config'] = str(root / 'crashing.py')
+    (root / 'crashing.py').write_text("n_layer = 1\nn_embd = 32 // 0\n")
+    return paths
+
+
+def broken_datasets(root, good):
+    """Copies of the good dataset with a damaged meta.json, a vocabulary smaller than the token ids (recorded at
+    prepare time, and old data without the record), and another character table of the same size."""
+    def copy(name, change_meta):
+        shutil.copytree(good, root / name)
+        path = root / name / 'meta.json'
+        meta = json.loads(path.read_text())
+        text = change_meta(meta)
+        path.write_text(text if isinstance(text, str) else json.dumps(meta))
+        return str(root / name)
+
+    def smaller_vocab(meta, keep_record):
+        meta['vocab_size'], meta['chars'] = 10, meta['chars'][:10]
+        if not keep_record:
+            del meta['max_token_id']
+
+    def other_chars(meta):
+        meta['chars'] = meta['chars'][1:] + meta['chars'][0]
+
+    return {'bad_json': copy('bad_json', lambda meta: '{"tokenizer": "char", '),
+            'small_vocab': copy('small_vocab', lambda meta: smaller_vocab(meta, keep_record=True)),
+            'small_vocab_old': copy('small_vocab_old', lambda meta: smaller_vocab(meta, keep_record=False)),
+            'other_chars': copy('other_chars', other_chars)}
+
+
+# ----------------------------------------------------------------------------- the walk
+# (script, arguments, words the error must contain). '{name}' is a path from the world fixture; {fresh} is an out_dir
+# that does not exist yet. train.py cases get TINY, a dataset and a fresh out_dir first.
+CASES = [
+    # train.py: settings refused up front, the key named (issue 14's list first)
+    ('train', ['--learning_rate=-1'], ['learning_rate']),
+    ('train', ['--learning_rate=0'], ['learning_rate']),
+    ('train', ['--n_head=0'], ['n_head']),
+    ('train', ['--max_iters=-1'], ['max_iters']),
+    ('train', ['--min_lr=0.1'], ['min_lr', 'learning_rate']),
+    ('train', ['--warmup_iters=-1'], ['warmup_iters']),
+    ('train', ['--weight_decay=-0.1'], ['weight_decay']),
+    ('train', ['--grad_clip=-1'], ['grad_clip']),
+    ('train', ['--device=gpu'], ['device', 'cuda']),
+    ('train', ['--out_dir={file}'], ['{file}', 'file']),
+    ('train', ['--block_size=100000'], ['block_size', '--block_size=']),
+    ('train', ['{syntax_error_config}'], ['{syntax_error_config}:2']),
+    # train.py: files it reads
+    ('train', ['--dataset={bad_json}'], ['{bad_json}', 'meta.json']),
+    ('train', ['--dataset={small_vocab}'], ['{small_vocab}', 'max_token_id', 'vocab_size']),
+    ('train', ['--dataset={small_vocab_old}'], ['{small_vocab_old}', 'token id 29', 'vocab_size 10']),
+    ('train', ['--init_from=resume', '--out_dir={damaged}'], ['{damaged}/ckpt.pt', 'damaged']),
+    # train.py: beyond issue 14's list
+    ('train', ['--out_dir={file}/sub'], ['{file}/sub']),
+    ('train', ['--out_dir='], ['out_dir']),
+    ('train', ['--dataset={root}/nowhere'], ['nowhere', 'prepare.py']),
+    ('train', ['--init_from=resume', '--out_dir={empty}'], ['{empty}/ckpt.pt']),
+    ('train', ['--init_from=resum'], ['init_from']),
+    ('train', ['--init_from=resume', '--overwrite=True'], ['overwrite']),
+    ('train', ['--n_embd=30', '--n_head=4'], ['n_embd', 'n_head', '--n_head=']),
+    ('train', ['--batch_size=0'], ['batch_size']),
+    ('train', ['--eval_interval=0'], ['eval_interval']),
+    ('train', ['--beta2=1.5'], ['beta2']),
+    ('train', ['--dropout=1.0'], ['dropout']),
+    ('train', ['--lr_decay_iters=0'], ['lr_decay_iters']),
+    ('train', ['--aux_loss_weight=-1'], ['aux_loss_weight']),
+    ('train', ['--rope_theta=0'], ['rope_theta']),
+    ('train', ['--seed=-1'], ['seed']),
+    ('train', ['--dtype=fp16'], ['dtype']),
+    ('train', ['--device=cuda:x'], ['device']),
+    ('train', ['{crashing_config}'], ['{crashing_config}:2', 'ZeroDivisionError']),
+    ('train', ['{root}/no_such_config.py'], ['no_such_config.py']),
+    # sample.py (issue 14's list first)
+    ('sample', ['--out_dir={run}', '--start=FILE:{root}/missing.txt'], ['missing.txt']),
+    ('sample', ['--out_dir={run}', '--temperature=-1'], ['temperature']),
+    ('sample', ['--out_dir={run}', '--top_k=-5'], ['top_k']),
+    ('sample', ['--out_dir={run}', '--num_samples=0'], ['num_samples']),
+    ('sample', ['--out_dir={damaged}'], ['{damaged}/ckpt.pt', 'damaged']),
+    ('sample', ['--out_dir={root}/nowhere'], ['{root}/nowhere']),
+    ('sample', ['--out_dir={run}', '--start=FILE:{latin1}'], ['{latin1}', 'UTF-8']),
+    ('sample', ['--out_dir={run}', '--max_new_tokens=0'], ['max_new_tokens']),
+    ('sample', ['--out_dir={run}', '--start='], ['--start']),
+    ('sample', ['--out_dir={run}', '--device=gpu'], ['device']),
+    ('sample', ['--out_dir={empty}'], ['{empty}/ckpt.pt']),
+    ('sample', ['--out_dir={run}', '--dtype=half'], ['dtype']),
+    # data/text/prepare.py (run in-process under a temporary data root)
+    ('prepare', ['{root}/bad.jsonl', '--name=web'], ['bad.jsonl:2', '--skip_bad_lines']),
+    ('prepare', ['{latin1}', '--name=web'], ['{latin1}', 'UTF-8']),
+    ('prepare', ['{root}/empty.txt', '--name=web'], ['empty.txt', 'more text']),
+    ('prepare', ['{root}/missing.txt', '--name=web'], ['missing.txt']),
+    ('prepare', ['{root}/good.txt', '--name=../web'], ['--name']),
+    ('prepare', ['{root}/good.txt', '--name=web', '--val_fraction=2'], ['--val_fraction']),
+    ('prepare', ['{root}/good.txt', '--name=web', '--shard_tokens=-1'], ['--shard_tokens']),
+    # compare.py: duplicates (the other compare.py mistakes are walked in test_compare.py)
+    ('compare', ['--activations=gelu,gelu'], ['--activations', 'gelu']),
+]
+
+
+def case_id(case):
+    script, args, _ = case
+    return f"{script}:{' '.join(args)}".replace('{', '').replace('}', '')
+
+
+def fill(text, paths):
+    return text.format(**paths)
+
+
+def run_prepare(args, data_root, monkeypatch, capsys):
+    """data/text/prepare.py as `python data/text/prepare.py args` would run it, its data/ root moved to data_root.
+    Returns (exit status, stdout + stderr) with the message of sys.exit('error: ...') on stderr, as Python prints it."""
+    script = load_script('text')
+    monkeypatch.setattr(script, 'DATA_ROOT', data_root)
+    monkeypatch.setattr(sys, 'argv', ['data/text/prepare.py', *args, '--tokenizer=char', '--workers=1'])
+    code = 0
+    try:
+        script.run_script(script.main)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    if isinstance(code, str):
+        err, code = err + code + '\n', 1
+    return code, out, err
+
+
+@pytest.fixture(scope='module')
+def prepare_inputs(world):
+    root = world['root']
+    with open(os.path.join(root, 'bad.jsonl'), 'w') as f:
+        f.write('{"text": "a fine line"}\n{"text": broken\n')
+    open(os.path.join(root, 'empty.txt'), 'w').close()
+    with open(os.path.join(root, 'good.txt'), 'w') as f:
+        f.write('some good text\n' * 40)
+
+
+@pytest.mark.parametrize('script, args, words', CASES, ids=[case_id(c) for c in CASES])
+def test_a_mistake_is_one_line_naming_it(script, args, words, world, prepare_inputs, tmp_path, monkeypatch, capsys):
+    paths = dict(world, fresh=str(tmp_path / 'out'))
+    args = [fill(a, paths) for a in args]
+    if script == 'prepare':
+        code, out, err = run_prepare(args, tmp_path / 'data_root', monkeypatch, capsys)
+    else:
+        argv = train_args(paths, *args) if script == 'train' else [f'{script}.py', *args]
+        if script == 'compare':
+            argv += ['--out_dir=' + paths['fresh']]
+        done = run_script(argv, check=False)
+        code, out, err = done.returncode, done.stdout, done.stderr
+    assert code != 0, out + err
+    assert 'Traceback' not in out + err, out + err
+    last = err.strip().splitlines()[-1]
+    assert 'error: ' in last, err
+    for word in words:
+        assert fill(word, paths) in last, (word, last)
+    assert not os.path.exists(paths['fresh']), "a refused run must leave no out_dir behind"
+
+
+def test_device_not_on_this_machine_lists_the_valid_ones(world, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a CUDA device')
+    done = run_script(train_args(dict(world, fresh=str(tmp_path / 'out')), '--device=cuda'), check=False)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert "device='cuda' is not available here" in done.stderr and 'valid on this machine: auto, cpu' in done.stderr
+
+
+# ----------------------------------------------------------------------------- nothing lost
+
+
+def snapshot(folder):
+    """{file name: bytes} of a folder, to show that a refused command changed nothing."""
+    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))}
+
+
+def test_reprepare_with_bad_input_keeps_the_old_dataset(world, prepare_inputs, tmp_path, monkeypatch, capsys):
+    data_root = tmp_path / 'data_root'
+    good = os.path.join(world['root'], 'good.txt')
+    assert run_prepare([good, '--name=small'], data_root, monkeypatch, capsys)[0] == 0
+    before = snapshot(data_root / 'small')
+    for bad in ('bad.jsonl', 'empty.txt'):
+        code, _, err = run_prepare([os.path.join(world['root'], bad), '--name=small'], data_root, monkeypatch, capsys)
+        assert code != 0 and bad in err
+        assert snapshot(data_root / 'small') == before   # no build folder left either
+    # --skip_bad_lines skips and counts the bad line instead
+    with open(os.path.join(world['root'], 'mixed.jsonl'), 'w') as f:
+        f.write('{"text": "%s"}\n{"text": broken\n' % ('a fine line ' * 20))
+    code, _, err = run_prepare([os.path.join(world['root'], 'mixed.jsonl'), '--name=small', '--skip_bad_lines'],
+                               data_root, monkeypatch, capsys)
+    assert code == 0 and 'skipped 1 bad .jsonl line' in err and 'mixed.jsonl:2' in err
+    assert load_meta(data_root / 'small')['max_token_id'] == load_meta(data_root / 'small')['vocab_size'] - 1
+
+
+def test_a_locked_out_dir_is_refused_naming_the_other_process(world, tmp_path):
+    out = tmp_path / 'busy'
+    with checkpoint.lock_dir(str(out), 'train.py'):   # held by this (live) pytest process, as a running train.py would
+        done = run_script(train_args(dict(world, fresh=str(out))), check=False)
+        assert os.listdir(out) == ['.lock']
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    line = done.stderr.strip()
+    assert line.startswith('error: ') and '\n' not in line
+    assert f'pid {os.getpid()}' in line and 'in use by another train.py' in line
+    assert not out.exists()   # the lock leaves nothing behind: the folder it created is gone with it
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_with_its_temp_files(world, tmp_path):
+    out = tmp_path / 'run'
+    shutil.copytree(world['run'], out)
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time, checkpoint; checkpoint.lock_dir(sys.argv[1], '
+                               '"train.py"); print("locked", flush=True); time.sleep(600)', str(out)],
+                              cwd=REPO, env=env(), stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == 'locked'
+    (out / f'.ckpt.pt.{holder.pid}.tmp').write_bytes(b'half a checkpoint')   # a save that kill -9 cut short
+    holder.kill()
+    holder.wait()
+    assert (out / '.lock').exists()
+    before = snapshot(out)
+    done = run_script(train_args(dict(world, fresh=str(out))), check=False)
+    # the stale lock does not block: the run gets as far as the next check (the folder holds a run)
+    assert done.returncode == 2 and 'already holds a run' in done.stderr
+    assert f'took over the stale lock of pid {holder.pid}' in done.stdout
+    assert f'.ckpt.pt.{holder.pid}.tmp' in done.stdout
+    after = snapshot(out)
+    assert set(before) - set(after) == {'.lock', f'.ckpt.pt.{holder.pid}.tmp'}
+    assert all(after[name] == before[name] for name in after)
+
+
+def test_a_scratch_run_never_replaces_a_finished_run_unless_asked(world, tmp_path):
+    out = str(tmp_path / 'run')
+    shutil.copytree(world['run'], out)
+    before = snapshot(out)
+    done = run_script(train_args(dict(world, fresh=out)), check=False)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert out in done.stderr and '--overwrite=True' in done.stderr and '--init_from=resume' in done.stderr
+    # with --overwrite=True but a run that cannot start, the old files are not touched either
+    done = run_script(train_args(dict(world, fresh=out), f"--dataset={world['bad_json']}", '--overwrite=True'),
+                      check=False)
+    assert done.returncode == 2 and 'meta.json' in done.stderr
+    assert snapshot(out) == before
+
+
+def test_resume_with_another_vocabulary_is_refused(world, tmp_path):
+    out = str(tmp_path / 'run')
+    shutil.copytree(world['run'], out)
+    before = snapshot(out)
+    done = run_script(train_args(dict(world, fresh=out), '--init_from=resume', '--max_iters=4',
+                                 f"--dataset={world['other_chars']}"), check=False)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    line = done.stderr.strip()
+    assert 'another vocabulary' in line and world['other_chars'] in line and f"--dataset={world['data']}" in line
+    assert snapshot(out) == before
+
+
+DISK_FILLS_UP = """
+import errno, runpy, sys
+import torch
+real_save, saves = torch.save, []
+def save_until_the_disk_is_full(obj, f, *args, **kwargs):
+    saves.append(1)
+    if len(saves) == 1:
+        return real_save(obj, f, *args, **kwargs)
+    f.write(b'part of a checkpoint')   # as torch's writer fails: a RuntimeError with the OSError inside
+    raise RuntimeError('[enforce fail at inline_container.cc:626] . unexpected pos 64') from OSError(
+        errno.ENOSPC, 'No space left on device')
+torch.save = save_until_the_disk_is_full
+sys.argv = sys.argv[1:]
+sys.path.insert(0, '.')
+runpy.run_path('train.py', run_name='__main__')
+"""
+
+
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(world, tmp_path):
+    out = str(tmp_path / 'out')
+    wrapper = tmp_path / 'disk_fills_up.py'
+    wrapper.write_text(DISK_FILLS_UP)
+    done = run_script([str(wrapper), *train_args(dict(world, fresh=out), '--max_iters=4')], check=False)
+    assert done.returncode == 1 and 'Traceback' not in done.stdout + done.stderr
+    line = done.stderr.strip()
+    assert '\n' not in line and line.startswith('error: disk full')
+    assert os.path.abspath(out) in line and 'ckpt.pt holds iter 2' in line and '--init_from=resume' in line
+    assert checkpoint.load(os.path.join(out, 'ckpt.pt'))['iter_num'] == 2
+    assert not [name for name in os.listdir(out) if name.endswith('.tmp')]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(world, tmp_path):
+    out = str(tmp_path / 'out')
+    run = subprocess.Popen([sys.executable, *train_args(dict(world, fresh=out), '--max_iters=100000',
+                                                        '--eval_interval=1000')],
+                           cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in run.stdout:
+        if line.startswith('iter 3:'):
+            break
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130 and 'Traceback' not in stdout + stderr
+    last = stderr.strip().splitlines()[-1]
+    stopped = checkpoint.load(os.path.join(out, 'ckpt.pt'))['iter_num']
+    assert last.startswith(f'stopped at iter {stopped}:') and 'Resume with: python train.py' in last
+    assert f'--out_dir={out} --init_from=resume' in last
+    assert int(read_log(out)[-1]['iter']) == stopped   # the log ends where the checkpoint does
+    summary = json.load(open(os.path.join(out, 'summary.json')))
+    assert summary['finished'] is False and summary['iter'] == stopped
+
+
+def test_a_diverging_run_keeps_its_good_checkpoints_and_gives_fitting_advice(world, tmp_path):
+    out = str(tmp_path / 'run')
+    shutil.copytree(world['run'], out)
+    done = run_script(train_args(dict(world, fresh=out), '--init_from=resume', '--max_iters=40', '--eval_interval=1',
+                                 '--learning_rate=1e3', '--decay_lr=False'), check=False)
+    assert done.returncode == 1 and 'Traceback' not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert 'non-finite' in line and 'Last good checkpoint kept' in line
+    assert '--grad_clip=1.0' not in line   # it is already the default
+    best = checkpoint.load(os.path.join(out, 'ckpt_best.pt'))
+    for name in ('ckpt.pt', 'ckpt_best.pt'):
+        ckpt = checkpoint.load(os.path.join(out, name))
+        largest = max(t.abs().max().item() for t in ckpt['model'].values())
+        assert math.isfinite(largest) and largest < 100, (name, largest)   # weights that did not blow up
+        assert ckpt['val_loss'] <= 2 * best['val_loss']
+
+
+def test_leftover_temp_files_belong_to_dead_processes_only(tmp_path):
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    names = [f'.ckpt.pt.{dead_pid}.tmp', f'.ckpt.pt.{os.getpid()}.tmp', f'.log.csv.{dead_pid}.tmp', 'ckpt.pt']
+    for name in names:
+        (tmp_path / name).write_bytes(b'x')
+    removed = checkpoint.remove_stale_temp_files(str(tmp_path))
+    assert sorted(removed) == sorted([names[0], names[2]])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[1::2])
+
+
+def test_a_failed_save_removes_its_temp_file(tmp_path, monkeypatch):
+    def disk_full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', disk_full)
+    with pytest.raises(checkpoint.CheckpointError, match='disk full'):
+        checkpoint.save_atomic({'model': {}}, str(tmp_path / 'ckpt.pt'))
+    assert os.listdir(tmp_path) == []
