@@ -2,8 +2,9 @@
 Checkpoint helpers for train.py and sample.py: atomic save, safe load, clean state dicts, RNG state, and the lock that
 keeps two processes out of one out_dir.
 
-They live outside train.py so tests can exercise them in-process (nothing imports train.py). torch is imported inside
-the functions that need it, so a script can take the out_dir lock (or fail) before paying for `import torch`.
+They live outside train.py so tests can exercise them in-process (nothing imports train.py). torch and numpy are
+imported inside the functions that need them, so a script can check a checkpoint file, take the out_dir lock (or fail)
+before paying for those imports.
 """
 import atexit
 import errno
@@ -14,8 +15,7 @@ import re
 import socket
 import sys
 import time
-
-import numpy as np
+import zipfile
 
 
 class CheckpointError(ValueError):
@@ -72,7 +72,8 @@ def save_atomic(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, Exception) and _disk_full(e):
-            kept = f"the previous {path} is kept unchanged" if os.path.exists(path) else f"nothing was written to {path}"
+            kept = (f"the previous {path} is kept unchanged" if os.path.exists(path)
+                    else f"nothing was written to {path}")
             raise CheckpointError(f"disk full: no space left in {directory} to write {os.path.basename(path)}; "
                                   f"{kept}. Free some space there or use another --out_dir") from None
         raise
@@ -115,6 +116,27 @@ def remove_stale_temp_files(directory):
     return removed
 
 
+def check_file(path):
+    """The checks of load() that need no torch, so a script can refuse a missing or visibly damaged checkpoint in a
+    fraction of a second: FileNotFoundError, or CheckpointError for a folder, an empty file, a zip archive without
+    its central directory (torch.save writes zip archives; a truncated one loses the directory at its end), or a file
+    that is neither a zip archive nor the pickle of torch's legacy format."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}; train one first (python train.py --out_dir=...) "
+                                f"or start from scratch with --init_from=scratch")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if head.startswith(b'PK') and zipfile.is_zipfile(path):
+        return
+    if head.startswith(b'\x80'):   # pickle protocol 2+: torch's legacy (pre-1.6) format; torch.load judges it
+        return
+    reason = 'truncated' if head.startswith(b'PK') else 'empty' if not head else 'not a torch file'
+    raise CheckpointError(f"the checkpoint at {path} is damaged ({reason}, {os.path.getsize(path):,} bytes) and "
+                          f"cannot be loaded; {_damaged_advice(path)}")
+
+
 def load(path, map_location='cpu', required=('model',)):
     """
     Load a checkpoint written by train.py. weights_only=True: only tensors and plain Python values are unpickled
@@ -123,11 +145,7 @@ def load(path, map_location='cpu', required=('model',)):
     the caller needs (a dict without them is not a checkpoint of ours).
     """
     import torch
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; train one first (python train.py --out_dir=...) "
-                                f"or start from scratch with --init_from=scratch")
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    check_file(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except MemoryError:
@@ -165,6 +183,7 @@ def clean_state_dict(state_dict):
 
 
 def seed_everything(seed):
+    import numpy as np
     import torch
     random.seed(seed)
     np.random.seed(seed)
@@ -173,6 +192,7 @@ def seed_everything(seed):
 
 def get_rng_state():
     """Every RNG a training step may touch, as tensors and plain values (loadable with weights_only=True)."""
+    import numpy as np
     import torch
     name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
@@ -187,6 +207,7 @@ def get_rng_state():
 
 
 def set_rng_state(state):
+    import numpy as np
     import torch
     random.setstate(state['python'])
     name, keys, pos, has_gauss, cached_gaussian = state['numpy']

@@ -59,6 +59,10 @@ def setting_problem():
         return f"out_dir {out_dir} {what}; pass the --out_dir of a train.py run (the folder holding ckpt.pt)"
     if not os.path.exists(ckpt_path):
         return f"no checkpoint at {ckpt_path}; train one first (python train.py --out_dir={out_dir} ...)"
+    try:
+        checkpoint.check_file(ckpt_path)
+    except checkpoint.CheckpointError as e:
+        return str(e)
     return None
 
 
@@ -86,7 +90,7 @@ if not start:
 import torch  # noqa: E402
 
 from data.dataset import get_tokenizer, load_meta  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig, upgrade_model_args  # noqa: E402
 
 if device_problem(device):
     fail(device_problem(device))
@@ -104,7 +108,7 @@ try:
 except (FileNotFoundError, checkpoint.CheckpointError) as e:
     fail(str(e))
 try:
-    model = GPT(GPTConfig(**ckpt['model_args']), verbose=False)
+    model = GPT(GPTConfig(**upgrade_model_args(ckpt['model_args'])), verbose=False)
     model.load_state_dict(ckpt['model'])
 except (TypeError, ValueError, RuntimeError) as e:   # settings or weights of another version of model.py
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -20,6 +20,7 @@ same G micro-batches as one process with G. On CPU in float32 a resumed run is b
 """
 import csv
 import errno
+import importlib.util
 import json
 import math
 import os
@@ -33,7 +34,6 @@ from dataclasses import asdict, fields
 
 import checkpoint
 from configurator import configure, device_name_problem, device_problem
-from data.dataset import TokenDataset, check_token_ids, check_vocab, load_meta
 
 # -----------------------------------------------------------------------------
 # default config values: a small character-level model that trains on a laptop CPU in minutes
@@ -195,11 +195,21 @@ def setting_problem():
         return "out_dir must not be empty"
     if not dataset.strip():
         return "dataset must not be empty: a folder name under data/ or a path"
+    if wandb_log and importlib.util.find_spec('wandb') is None:   # found now, not after an old run was replaced
+        return "wandb_log=True needs the wandb package: pip install wandb (or run with --wandb_log=False)"
     return None
 
 
 if setting_problem():
     fail(setting_problem())
+if init_from == 'resume':   # a missing or visibly damaged checkpoint is refused before anything else happens
+    try:
+        checkpoint.check_file(ckpt_path)
+    except (FileNotFoundError, checkpoint.CheckpointError) as e:
+        fail(str(e))
+
+# numpy comes only now (~0.3 s), after the settings: the data checks need it, torch not yet
+from data.dataset import TokenDataset, check_token_ids, check_vocab, load_meta  # noqa: E402
 
 
 def open_dataset():
@@ -244,7 +254,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
-from model import GPT, GPTConfig, MoE  # noqa: E402
+from model import GPT, GPTConfig, MoE, upgrade_model_args  # noqa: E402
 import peak_flops  # noqa: E402
 
 # resume: the checkpoint's config is the default for every knob the user did not set; the architecture must match
@@ -259,7 +269,7 @@ if init_from == 'resume':
         if key in config and key not in explicit and key not in ('init_from', 'out_dir', 'overwrite'):
             config[key] = globals()[key] = value
     # dropout and the MoE loss weights may change on resume; everything else in GPTConfig defines the weights
-    for key, value in resume['model_args'].items():
+    for key, value in upgrade_model_args(resume['model_args']).items():   # older checkpoints: their widths spelled out
         if key in ('dropout', 'aux_loss_weight', 'z_loss_weight') or key not in config:
             continue
         if key in explicit and config[key] != value:
@@ -796,8 +806,10 @@ while iter_num < max_iters:
         say(f"note: the run went faster than the cached CPU peak; re-measured it: {peak / 1e9:.1f} GFLOP/s")
     if mfu is not None and mfu > 1:   # the peak is still wrong: an MFU above 100% would be a number that lies
         if not mfu_note_shown:
+            fix = (f"other work loaded the CPU while it was measured; delete {peak_flops.cpu_peak_cache_path()} to "
+                   f"measure it again on a quiet machine" if device_type == 'cpu' else "fix the peak in peak_flops.py")
             say(f"note: MFU would be {mfu:.0%} against a peak of {peak / 1e12:.3g} TFLOP/s, so that peak is wrong for "
-                f"this machine; MFU is left empty (fix the peak in peak_flops.py)")
+                f"this machine; MFU is left empty ({fix})")
             mfu_note_shown = True
         mfu = None
     timings.append((iter_num - iters_since_log, dt * 1000, tokens_per_sec, mfu))

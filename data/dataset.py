@@ -472,9 +472,9 @@ class TokenDataset:
         """A window of block_size + 1 tokens must fit inside one file of this split (ValueError, one line, if not)."""
         largest = int(self.file_tokens.max())
         if block_size + 1 > largest:
-            raise ValueError(f"block_size {block_size} too large for split '{self.split}' of {shown(str(self.data_dir))}"
-                             f": its largest file holds {largest:,} tokens and a window needs block_size + 1; "
-                             f"use --block_size={largest - 1} or less, or a bigger dataset")
+            raise ValueError(f"block_size {block_size} too large for split '{self.split}' of "
+                             f"{shown(str(self.data_dir))}: its largest file holds {largest:,} tokens and a window "
+                             f"needs block_size + 1; use --block_size={largest - 1} or less, or a bigger dataset")
 
     def get_batch(self, batch_size, block_size, seed, step, micro_step, rank=0, micro_steps_per_rank=1):
         """(x, y): int64 CPU tensors (batch_size, block_size), y[:, t] = x[:, t + 1] (next token).

@@ -3,10 +3,12 @@ What a user's mistake or a fault costs: one line naming what was wrong (the key 
 exit status and never a traceback; and never a lost or mixed-up run or dataset.
 
 The walk runs each script as a user would, in a subprocess (data/text/prepare.py in-process, so that it writes under
-a temporary data root instead of the repo's data/). Most cases fail before torch is imported, in well under a second;
-the faults that need a running training (disk full, Ctrl-C, divergence) use a one-layer model for a few iterations.
+a temporary data root instead of the repo's data/). Most cases fail before torch is imported, in a fraction of a
+second of CPU; the subprocesses run concurrently, since on a shared machine they mostly wait for a core. The faults
+that need a running training (disk full, Ctrl-C, divergence) use a one-layer model for a few iterations.
 """
 import errno
+import importlib.util
 import json
 import math
 import os
@@ -14,11 +16,13 @@ import shutil
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 import checkpoint
+import peak_flops
 from data.dataset import load_meta
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -47,6 +51,8 @@ def world(tmp_path_factory):
     damaged.mkdir()
     (damaged / 'ckpt.pt').write_bytes(open(os.path.join(paths['run'], 'ckpt.pt'), 'rb').read()[:5000])
     paths['damaged'] = str(damaged)
+    paths['run_copy'] = str(root / 'run_copy')   # resumed with another vocabulary: must stay as it is
+    shutil.copytree(paths['run'], paths['run_copy'])
     (root / 'empty').mkdir()
     paths['empty'] = str(root / 'empty')
     paths['file'] = str(root / 'a_file.txt')
@@ -107,6 +113,8 @@ CASES = [
     ('train', ['--dataset={small_vocab}'], ['{small_vocab}', 'max_token_id', 'vocab_size']),
     ('train', ['--dataset={small_vocab_old}'], ['{small_vocab_old}', 'token id 29', 'vocab_size 10']),
     ('train', ['--init_from=resume', '--out_dir={damaged}'], ['{damaged}/ckpt.pt', 'damaged']),
+    ('train', ['--init_from=resume', '--out_dir={run_copy}', '--max_iters=4', '--dataset={other_chars}'],
+     ['another vocabulary', '{other_chars}', '--dataset={data}']),
     # train.py: beyond issue 14's list
     ('train', ['--out_dir={file}/sub'], ['{file}/sub']),
     ('train', ['--out_dir='], ['out_dir']),
@@ -125,6 +133,7 @@ CASES = [
     ('train', ['--seed=-1'], ['seed']),
     ('train', ['--dtype=fp16'], ['dtype']),
     ('train', ['--device=cuda:x'], ['device']),
+    ('train', ['--activation=gleu'], ['activation', 'gelu']),
     ('train', ['{crashing_config}'], ['{crashing_config}:2', 'ZeroDivisionError']),
     ('train', ['{root}/no_such_config.py'], ['no_such_config.py']),
     # sample.py (issue 14's list first)
@@ -152,6 +161,12 @@ CASES = [
     ('compare', ['--activations=gelu,gelu'], ['--activations', 'gelu']),
 ]
 
+if importlib.util.find_spec('wandb') is None:   # with wandb installed, this flag is no mistake
+    CASES.append(('train', ['--wandb_log=True'], ['wandb_log', 'pip install wandb']))
+if not torch.cuda.is_available():   # a device name that exists, but not on this machine: the valid ones are listed
+    CASES.append(('train', ['--device=cuda'], ["device='cuda' is not available here",
+                                               'valid on this machine: auto, cpu']))
+
 
 def case_id(case):
     script, args, _ = case
@@ -164,7 +179,7 @@ def fill(text, paths):
 
 def run_prepare(args, data_root, monkeypatch, capsys):
     """data/text/prepare.py as `python data/text/prepare.py args` would run it, its data/ root moved to data_root.
-    Returns (exit status, stdout + stderr) with the message of sys.exit('error: ...') on stderr, as Python prints it."""
+    Returns (exit status, stdout, stderr), with the message of sys.exit('error: ...') on stderr, as Python prints it."""
     script = load_script('text')
     monkeypatch.setattr(script, 'DATA_ROOT', data_root)
     monkeypatch.setattr(sys, 'argv', ['data/text/prepare.py', *args, '--tokenizer=char', '--workers=1'])
@@ -189,18 +204,35 @@ def prepare_inputs(world):
         f.write('some good text\n' * 40)
 
 
-@pytest.mark.parametrize('script, args, words', CASES, ids=[case_id(c) for c in CASES])
-def test_a_mistake_is_one_line_naming_it(script, args, words, world, prepare_inputs, tmp_path, monkeypatch, capsys):
-    paths = dict(world, fresh=str(tmp_path / 'out'))
+def case_paths(world, index):
+    return dict(world, fresh=os.path.join(world['root'], 'fresh', str(index)))
+
+
+def case_command(case, paths):
+    script, args, _ = case
     args = [fill(a, paths) for a in args]
+    if script == 'train':
+        return train_args(paths, *args)
+    return [f'{script}.py', *args] + ([f"--out_dir={paths['fresh']}"] if script == 'compare' else [])
+
+
+@pytest.fixture(scope='module')
+def walk(world):
+    """{case index: CompletedProcess} for every case that runs as a subprocess, run 6 at a time."""
+    indices = [i for i, case in enumerate(CASES) if case[0] != 'prepare']
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        done = pool.map(lambda i: run_script(case_command(CASES[i], case_paths(world, i)), check=False), indices)
+        return dict(zip(indices, done))
+
+
+@pytest.mark.parametrize('index', range(len(CASES)), ids=[case_id(c) for c in CASES])
+def test_a_mistake_is_one_line_naming_it(index, world, walk, prepare_inputs, tmp_path, monkeypatch, capsys):
+    script, args, words = CASES[index]
+    paths = case_paths(world, index)
     if script == 'prepare':
-        code, out, err = run_prepare(args, tmp_path / 'data_root', monkeypatch, capsys)
+        code, out, err = run_prepare([fill(a, paths) for a in args], tmp_path / 'data_root', monkeypatch, capsys)
     else:
-        argv = train_args(paths, *args) if script == 'train' else [f'{script}.py', *args]
-        if script == 'compare':
-            argv += ['--out_dir=' + paths['fresh']]
-        done = run_script(argv, check=False)
-        code, out, err = done.returncode, done.stdout, done.stderr
+        code, out, err = walk[index].returncode, walk[index].stdout, walk[index].stderr
     assert code != 0, out + err
     assert 'Traceback' not in out + err, out + err
     last = err.strip().splitlines()[-1]
@@ -210,12 +242,15 @@ def test_a_mistake_is_one_line_naming_it(script, args, words, world, prepare_inp
     assert not os.path.exists(paths['fresh']), "a refused run must leave no out_dir behind"
 
 
-def test_device_not_on_this_machine_lists_the_valid_ones(world, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip('this machine has a CUDA device')
-    done = run_script(train_args(dict(world, fresh=str(tmp_path / 'out')), '--device=cuda'), check=False)
+@pytest.mark.skipif(os.name != 'posix' or os.geteuid() == 0, reason='root may write anywhere')
+def test_an_out_dir_that_cannot_be_written_is_refused(world, tmp_path):
+    out = tmp_path / 'read_only'
+    out.mkdir()
+    out.chmod(0o555)
+    done = run_script(train_args(dict(world, fresh=str(out))), check=False)
+    out.chmod(0o755)
     assert done.returncode == 2 and 'Traceback' not in done.stderr
-    assert "device='cuda' is not available here" in done.stderr and 'valid on this machine: auto, cpu' in done.stderr
+    assert f'out_dir {out} is not writable' in done.stderr
 
 
 # ----------------------------------------------------------------------------- nothing lost
@@ -292,16 +327,9 @@ def test_a_scratch_run_never_replaces_a_finished_run_unless_asked(world, tmp_pat
     assert snapshot(out) == before
 
 
-def test_resume_with_another_vocabulary_is_refused(world, tmp_path):
-    out = str(tmp_path / 'run')
-    shutil.copytree(world['run'], out)
-    before = snapshot(out)
-    done = run_script(train_args(dict(world, fresh=out), '--init_from=resume', '--max_iters=4',
-                                 f"--dataset={world['other_chars']}"), check=False)
-    assert done.returncode == 2 and 'Traceback' not in done.stderr
-    line = done.stderr.strip()
-    assert 'another vocabulary' in line and world['other_chars'] in line and f"--dataset={world['data']}" in line
-    assert snapshot(out) == before
+def test_refused_resumes_leave_the_run_as_it_was(world, walk):
+    """The walk resumed run_copy with another vocabulary (refused): its files are those of the run it copies."""
+    assert snapshot(world['run_copy']) == snapshot(world['run'])
 
 
 DISK_FILLS_UP = """
@@ -335,24 +363,56 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(world, tmp_path):
     assert not [name for name in os.listdir(out) if name.endswith('.tmp')]
 
 
+CPU_PEAK_TOO_LOW = """
+import runpy, sys
+sys.path.insert(0, '.')
+import peak_flops
+peak_flops.measure_cpu_matmul_flops = lambda: 1e3   # as if measured on a machine busy with other work, every time
+sys.argv = sys.argv[1:]
+runpy.run_path('train.py', run_name='__main__')
+"""
+
+
 def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(world, tmp_path):
+    """Also: an MFU above 100% is never shown (the CPU peak is measured far too low here, twice)."""
     out = str(tmp_path / 'out')
-    run = subprocess.Popen([sys.executable, *train_args(dict(world, fresh=out), '--max_iters=100000',
-                                                        '--eval_interval=1000')],
-                           cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wrapper = tmp_path / 'cpu_peak_too_low.py'
+    wrapper.write_text(CPU_PEAK_TOO_LOW)
+    run = subprocess.Popen([sys.executable, str(wrapper), *train_args(dict(world, fresh=out), '--max_iters=100000',
+                                                                      '--eval_interval=1000')],
+                           cwd=REPO, env=dict(env(), NANOPOLY_CACHE=str(tmp_path / 'cache')),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    head = []   # stdout up to the third iteration; communicate() returns the rest
     for line in run.stdout:
+        head.append(line)
         if line.startswith('iter 3:'):
             break
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=120)
-    assert run.returncode == 130 and 'Traceback' not in stdout + stderr
+    stdout = ''.join(head) + stdout
+    # the status of a program stopped by Ctrl-C (130 in a shell): a loop of runs in a script stops too
+    assert run.returncode in (130, -signal.SIGINT) and 'Traceback' not in stdout + stderr
     last = stderr.strip().splitlines()[-1]
     stopped = checkpoint.load(os.path.join(out, 'ckpt.pt'))['iter_num']
     assert last.startswith(f'stopped at iter {stopped}:') and 'Resume with: python train.py' in last
     assert f'--out_dir={out} --init_from=resume' in last
+    assert f'out_dir: {os.path.abspath(out)} (a new run)' in stdout   # where it writes, said at the start
     assert int(read_log(out)[-1]['iter']) == stopped   # the log ends where the checkpoint does
     summary = json.load(open(os.path.join(out, 'summary.json')))
     assert summary['finished'] is False and summary['iter'] == stopped
+    # the run went faster than the cached peak: measured again (still too low here), so MFU is left empty
+    assert 're-measured it' in stdout and 'MFU is left empty' in stdout and 'mfu' not in stdout.split('iter 1:')[1]
+    assert all(row['mfu'] == '' for row in read_log(out)) and summary['mfu'] is None
+
+
+def test_cpu_peak_cache_keeps_the_highest_value_per_process_count(tmp_path, monkeypatch):
+    cache = str(tmp_path / 'cpu_peak.json')
+    assert peak_flops.store_cpu_peak(5e10, 1, cache) == 5e10
+    assert peak_flops.store_cpu_peak(3e10, 1, cache) == 5e10          # a measurement on a busy machine is lower
+    monkeypatch.setattr(peak_flops, 'measure_cpu_matmul_flops', lambda: 8e10)
+    assert peak_flops.cpu_peak_flops(cache, remeasure=True) == 8e10   # a quieter one replaces it
+    assert peak_flops.cached_cpu_peak(1, cache) == 8e10
+    assert peak_flops.cached_cpu_peak(2, cache) is None   # 2 DDP processes sharing the CPU: measured together
 
 
 def test_a_diverging_run_keeps_its_good_checkpoints_and_gives_fitting_advice(world, tmp_path):

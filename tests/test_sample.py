@@ -36,3 +36,24 @@ def test_sample_prints_text_that_continues_the_prompt(trained, tmp_path):
 def test_sample_rejects_characters_outside_the_vocabulary(trained):
     done = run_script(['sample.py', f'--out_dir={trained}', '--start=@#'], check=False)
     assert done.returncode == 2 and 'cannot encode the prompt' in done.stderr
+
+
+def test_checkpoints_of_the_older_width_rule_still_sample_and_resume(tmp_path):
+    """A checkpoint written before model.py had norm_topk (auto FFN width 4·n_embd, renormalised top-k) has
+    model_args with ffn_hidden = 0 and no norm_topk: sample.py and a resume must rebuild its 4·n_embd FFN."""
+    import torch
+    data_dir = make_char_dataset(tmp_path / 'tiny_char')
+    out = tmp_path / 'old'
+    train(f'--dataset={data_dir}', f'--out_dir={out}', '--max_iters=2', '--eval_interval=2', '--n_embd=32',
+          '--ffn_hidden=128')                                     # 4 x 32: the old rule's auto width
+    ckpt = torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)
+    args = dict(ckpt['model_args'], ffn_hidden=0, expert_hidden=0)
+    del args['norm_topk']
+    ckpt['model_args'] = args
+    for key in ('ffn_hidden', 'expert_hidden'):
+        ckpt['config'].pop(key, None)
+    torch.save(ckpt, out / 'ckpt.pt')
+    done = run_script(['sample.py', f'--out_dir={out}', '--start=The', '--num_samples=1', '--max_new_tokens=5'])
+    assert done.stdout.startswith('The')
+    train(f'--dataset={data_dir}', f'--out_dir={out}', '--init_from=resume', '--max_iters=3', '--eval_interval=3')
+    assert torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)['model_args']['ffn_hidden'] == 128

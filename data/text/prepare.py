@@ -129,9 +129,9 @@ def main():
         parser.error(f"--name={args.name!r} must be a plain folder name (it becomes data/<name>/)")
     if not 0 < args.val_fraction < 1:
         parser.error(f"--val_fraction={args.val_fraction} must be between 0 and 1 (e.g. 0.1)")
-    for key in ('shard_tokens', 'workers'):
+    for key, zero_means in (('shard_tokens', 'one file per split'), ('workers', 'all cores')):
         if getattr(args, key) < 0:
-            parser.error(f"--{key}={getattr(args, key)} must be >= 0 (0 = {'one file per split' if key == 'shard_tokens' else 'all cores'})")
+            parser.error(f"--{key}={getattr(args, key)} must be >= 0 (0 = {zero_means})")
     meta = prepare(args.inputs, DATA_ROOT / args.name, args.tokenizer, args.val_fraction,
                    args.shard_tokens or None, args.workers or None, args.skip_bad_lines)
     print(f"data/{args.name}: train {meta['train_tokens']:,} tokens in {len(meta['train_files'])} files, "
