@@ -1,5 +1,5 @@
 # Does the gap between activations hold as the model grows? The default comparison's recipe at four model sizes,
-# each trained on the same 1.02M characters (250 iterations of 4096), two seeds, on a 2-core CPU in about 30 minutes:
+# each trained on the same 1.02M characters (250 iterations of 4096), two seeds, on a 2-core CPU in about 25 minutes:
 #   python data/shakespeare_char/prepare.py
 #   python compare.py config/scaling_shakespeare_char.py                    # -> out-scaling-shakespeare-char/
 # Every size gets parameter-matched FFNs from model.py's width rule (ffn_hidden = 0 at each size). All activations
