@@ -424,8 +424,10 @@ def test_ctrl_c_stops_the_runs_with_one_line_that_says_how_to_continue(tmp_path)
     data_dir = make_dataset(tmp_path / 'tiny_char')
     args = [*TINY, f'--dataset={data_dir}', '--activations=gelu', '--seeds=1', f'--out_dir={tmp_path / "out"}']
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    # a shell runs background jobs with SIGINT ignored, and children inherit that: restore the default, as a terminal has
     proc = subprocess.Popen([sys.executable, 'compare.py', *args, '--max_iters=100000'], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = tmp_path / 'out' / 'gelu-s1' / 'log.csv'
     deadline = time.time() + 240
     while time.time() < deadline and not (log.exists() and len(read_rows(log)) >= 3):
