@@ -268,6 +268,10 @@ if init_from == 'resume':
     for key, value in resume['config'].items():
         if key in config and key not in explicit and key not in ('init_from', 'out_dir', 'overwrite'):
             config[key] = globals()[key] = value
+    # a schedule that followed max_iters keeps the length it was trained with: a resume with a larger --max_iters
+    # extends the run at min_lr instead of stretching the cosine (which would raise the rate mid-run)
+    if lr_decay_iters == -1 and 'lr_decay_iters' not in explicit and resume['config'].get('max_iters', 0) > 0:
+        config['lr_decay_iters'] = lr_decay_iters = resume['config']['max_iters']
     # dropout and the MoE loss weights may change on resume; everything else in GPTConfig defines the weights
     for key, value in upgrade_model_args(resume['model_args']).items():   # older checkpoints: their widths spelled out
         if key in ('dropout', 'aux_loss_weight', 'z_loss_weight') or key not in config:

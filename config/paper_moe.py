@@ -50,7 +50,7 @@ gradient_accumulation_steps = 1
 learning_rate = 2e-3
 min_lr = 2e-4
 max_iters = 400
-lr_decay_iters = 400
+# lr_decay_iters: train.py's -1, i.e. the cosine ends at max_iters (also when --max_iters shortens a run)
 warmup_iters = 40
 beta1 = 0.9
 beta2 = 0.95

@@ -23,7 +23,7 @@ gradient_accumulation_steps = 32  # global: divided across ranks under torchrun
 learning_rate = 6e-4
 min_lr = 6e-5
 max_iters = 2000
-lr_decay_iters = 2000
+# lr_decay_iters: train.py's -1, i.e. the cosine ends at max_iters (also when --max_iters shortens a run)
 warmup_iters = 100
 weight_decay = 0.1
 grad_clip = 1.0

@@ -21,7 +21,7 @@ block_size = 64
 gradient_accumulation_steps = 1
 learning_rate = 1e-3             # small models tolerate a high learning rate
 max_iters = 2000
-lr_decay_iters = 2000
+# lr_decay_iters: train.py's -1, i.e. the cosine ends at max_iters (also when --max_iters shortens a run)
 min_lr = 1e-4
 warmup_iters = 100
 beta2 = 0.99                     # few tokens per iteration: average the second moment over more steps

@@ -231,3 +231,15 @@ def test_gpu_peak_table_and_cpu_peak_cache(tmp_path, monkeypatch):
     cache = str(tmp_path / 'cpu_peak.json')
     assert peak_flops.cpu_peak_flops(cache) == peak_flops.cpu_peak_flops(cache) == 5e10
     assert calls == [1]   # measured once, then read from the cache
+
+
+def test_a_schedule_that_follows_max_iters_keeps_its_length_when_a_resume_extends_the_run(data_dir, tmp_path):
+    """lr_decay_iters = -1 follows max_iters; raising --max_iters on resume continues at min_lr, it does not stretch
+    the cosine of iterations already trained (which would raise the rate mid-run)."""
+    out = str(tmp_path / 'out')
+    train(f'--dataset={data_dir}', f'--out_dir={out}', '--max_iters=4', '--lr_decay_iters=-1', '--min_lr=1e-4',
+          '--eval_interval=4')
+    run_script(['train.py', f'--out_dir={out}', '--init_from=resume', '--max_iters=6', '--eval_interval=6'])
+    lrs = {int(r['iter']): float(r['lr']) for r in read_log(out) if r['lr']}
+    # the row of iteration k logs the rate of the step k-1 -> k: the steps after iteration 4 run at min_lr
+    assert lrs[4] > 1e-4 and lrs[5] == pytest.approx(1e-4) and lrs[6] == pytest.approx(1e-4), lrs
