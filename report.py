@@ -729,8 +729,9 @@ def write_summary_md(group, rows, runs, partial, path, command):
         lines += ['', f'Each run: {int(tokens):,} training tokens.']
     lines += ['']
     if n_max < 2:
-        lines += ['**One seed: this gives no verdict.** Differences between activations are within what changing the '
-                  'seed alone can do; nothing here orders them. For a verdict, rerun with several seeds and each '
+        lines += ['**One seed: this gives no verdict.** With one seed nothing measures how much changing the seed '
+                  'alone moves the losses, so no difference here is shown to be real. For a verdict, rerun with '
+                  'several seeds and each '
                   f'activation at its own tuned rate, e.g. `{verdict_command(command)}`.', '']
     for key, name in (('final_val_loss', 'Final val loss'), ('final_train_loss', 'Final train loss')):
         groups, means = ordering(runs, key)

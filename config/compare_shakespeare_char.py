@@ -1,5 +1,5 @@
 # The default comparison: GELU, SwiGLU, PolyReLU and PolyNorm on Shakespeare's complete works, character level,
-# sized so that one run takes about 2.5 minutes on a 2-core laptop CPU (4 activations x 1 seed: about 10 minutes).
+# sized so that one run takes about 1.5 minutes on a 2-core CPU (4 activations x 1 seed: about 6 minutes).
 #   python data/shakespeare_char/prepare.py
 #   python compare.py config/compare_shakespeare_char.py                       # -> out-compare-shakespeare-char/
 #   python compare.py config/compare_shakespeare_char.py --seeds=1,2,3         # error bars (adds 2 more seeds)

@@ -100,6 +100,7 @@ def test_comparison_writes_figures_and_one_summary_row_per_activation(comparison
     assert abs(int(float(rows[0]['ffn_params'])) - int(float(rows[1]['ffn_params']))) == 2 * 4
     markdown = (out_dir / 'summary.md').read_text()
     assert '| gelu |' in markdown and '| polynorm |' in markdown
+    assert 'One seed: this gives no verdict' in markdown and '--seeds=1,2,3 --tune_lr=' in markdown   # and how to get one
     for run in ('gelu-s1', 'polynorm-s1'):
         summary = json.loads((out_dir / run / 'summary.json').read_text())
         assert summary['finished'] and summary['iter'] == 4
