@@ -46,7 +46,7 @@ import torch
 
 from configurator import ConfigError, parse_config
 from model import GPT, GPTConfig
-from peak_flops import _cpu_name, gpu_peak_flops, measure_cpu_matmul_flops
+from peak_flops import _cpu_name, cpu_seconds, gpu_peak_flops, measure_cpu_matmul_flops
 
 # -----------------------------------------------------------------------------
 # default config values: the CPU config the targets are set for (a small character-level model, random token ids:
@@ -381,20 +381,6 @@ def load_average():
         return os.getloadavg()
     except OSError:
         return None
-
-
-def cpu_seconds():
-    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process) on Linux, else None. The load
-    average cannot tell our own threads from other people's jobs; the difference of these two can."""
-    try:
-        with open('/proc/stat') as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    own = os.times()
-    return busy / os.sysconf('SC_CLK_TCK'), own.user + own.system
 
 
 def fmt(value, spec, empty='—'):

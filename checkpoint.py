@@ -31,7 +31,7 @@ class LockError(ValueError):
 DISK_FULL = (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC))
 
 
-def _disk_full(exc):
+def disk_full(exc):
     """True when exc (or anything in its chain) is 'no space left' / 'quota exceeded'. torch.save wraps the OSError
     in a RuntimeError from its C++ writer ("enforce fail at inline_container.cc ... [Errno 28]"), so look down the
     chain and, failing that, at the text."""
@@ -71,7 +71,7 @@ def save_atomic(obj, path):
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, Exception) and _disk_full(e):
+        if isinstance(e, Exception) and disk_full(e):
             kept = (f"the previous {path} is kept unchanged" if os.path.exists(path)
                     else f"nothing was written to {path}")
             raise CheckpointError(f"disk full: no space left in {directory} to write {os.path.basename(path)}; "
@@ -151,7 +151,7 @@ def load(path, map_location='cpu', required=('model',)):
     except MemoryError:
         raise
     except Exception as e:   # torch raises RuntimeError, UnpicklingError, EOFError, ... depending on the damage
-        reason = 'truncated or not a torch file' if not _disk_full(e) else 'unreadable'
+        reason = 'truncated or not a torch file' if not disk_full(e) else 'unreadable'
         raise CheckpointError(f"the checkpoint at {path} is damaged ({reason}, {os.path.getsize(path):,} bytes) and "
                               f"cannot be loaded; {_damaged_advice(path)}") from None
     missing = [key for key in required if not isinstance(ckpt, dict) or key not in ckpt]

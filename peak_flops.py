@@ -34,6 +34,21 @@ GPU_PEAK_FLOPS = [
     (r'\bT4\b', 65e12),                   # T4, fp16 (no bf16)
 ]
 
+def cpu_seconds():
+    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process) on Linux, else None. Their
+    difference over a stretch of wall time is what OTHER processes used, in cores (the load average cannot tell our
+    own threads from other people's jobs): a speed measured while it is well above 0 is not a quiet machine's."""
+    try:
+        with open('/proc/stat') as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    own = os.times()
+    return busy / os.sysconf('SC_CLK_TCK'), own.user + own.system
+
+
 def gpu_peak_flops(device_name):
     """Dense tensor-core peak FLOP/s for a CUDA device name, or None when the GPU is not in the table."""
     for pattern, flops in GPU_PEAK_FLOPS:

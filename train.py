@@ -19,7 +19,6 @@ so a resumed run sees exactly the batches an uninterrupted one would, and N rank
 same G micro-batches as one process with G. On CPU in float32 a resumed run is bitwise identical to a straight one.
 """
 import csv
-import errno
 import importlib.util
 import json
 import math
@@ -498,10 +497,6 @@ def evaluate():
     return (total[0] / total[1]).item()
 
 
-def disk_full(error):
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC))
-
-
 def save_checkpoint(best):
     """Collective (every rank passes its RNG state); rank 0 writes out_dir/ckpt.pt atomically and, when best, makes
     ckpt_best.pt the same file (a hard link: no second write; the next save replaces ckpt.pt, not the link).
@@ -542,7 +537,7 @@ def save_checkpoint(best):
     except checkpoint.CheckpointError:   # disk full while writing ckpt.pt; save_atomic removed its temp file
         fail_disk_full(ckpt_path)
     except OSError as e:
-        if disk_full(e):
+        if checkpoint.disk_full(e):
             fail_disk_full(best_path)
         raise
 
@@ -554,7 +549,7 @@ def link_best_checkpoint():
         try:
             os.link(ckpt_path, link)
         except OSError as e:   # a filesystem without hard links: copy
-            if disk_full(e):
+            if checkpoint.disk_full(e):
                 raise
             import shutil
             shutil.copyfile(ckpt_path, link)
@@ -600,7 +595,7 @@ def append_csv(path, row):
         with open(path, 'a', newline='') as f:
             csv.writer(f).writerow(['' if v is None else v for v in row])
     except OSError as e:
-        if disk_full(e):
+        if checkpoint.disk_full(e):
             fail(f"disk full: cannot append to {path}; {kept_checkpoints()}. Free some space. "
                  f"{how_to_continue()}", code=1)
         raise
@@ -611,20 +606,6 @@ def number(value, spec=None):
     if value is None:
         return ''
     return format(value, spec) if spec else repr(float(value))
-
-
-def cpu_seconds():
-    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process), or None without /proc/stat.
-    Their difference over a stretch of wall time is what other processes used (the load average cannot tell them
-    from our own threads)."""
-    try:
-        with open('/proc/stat') as f:
-            fields_ = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    busy = sum(fields_[:8]) - fields_[3] - fields_[4]   # user nice system idle iowait irq softirq steal: all but idle
-    own = os.times()
-    return busy / os.sysconf('SC_CLK_TCK'), own.user + own.system
 
 
 def shared_cpu_peak(remeasure=False):
@@ -732,7 +713,7 @@ stopping = False
 timings = []        # (first iteration of the logged period, ms/iter, tokens/s, mfu) for summary.json
 mfu_note_shown, peak_remeasured = False, False
 t_last, iters_since_log = time.time(), 0
-load_start, loop_start = cpu_seconds(), time.time()
+load_start, loop_start = peak_flops.cpu_seconds(), time.time()
 nonfinite = torch.zeros((), device=device)   # count of steps with a non-finite loss since the last log row
 x, y = get_batch(train_data, iter_num, 0, rank, micro_steps)
 while iter_num < max_iters:
@@ -871,7 +852,7 @@ while iter_num < max_iters:
 # summary.json: medians skip the first 5 iterations of this process (torch.compile, allocator and cache warm-up).
 # other_load_cores: CPU cores that OTHER processes kept busy during the loop, on average (speed figures taken while
 # it is well above 0 are not comparable with those of a quiet machine); None without /proc/stat.
-load_end, loop_seconds = cpu_seconds(), time.time() - loop_start
+load_end, loop_seconds = peak_flops.cpu_seconds(), time.time() - loop_start
 own_cpu = torch.tensor([load_end[1] - load_start[1] if load_start and load_end else 0.0], device=device)
 if ddp:
     dist.all_reduce(own_cpu)   # the other ranks are this run, not "other processes"
@@ -903,7 +884,7 @@ if master:
         with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
             json.dump(summary, f, indent=2)
     except OSError as e:
-        if not disk_full(e):
+        if not checkpoint.disk_full(e):
             raise
         fail(f"disk full: cannot write summary.json in {out_dir}; {kept_checkpoints()}", code=1)
     if finished:

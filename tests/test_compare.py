@@ -51,6 +51,14 @@ def run_compare(*args, check=True):
     return done
 
 
+def compare_in_new_folder(tmp_path_factory, name, *args):
+    """A module fixture's comparison: a fresh folder with the tiny dataset, compare.py run there with args.
+    Returns (out_dir, the full argument list, the finished process)."""
+    root = tmp_path_factory.mktemp(name)
+    args = [*args, f'--dataset={make_dataset(root / "tiny_char")}', f'--out_dir={root / "out"}']
+    return root / 'out', args, run_compare(*args)
+
+
 def read_rows(path):
     with open(path, newline='') as f:
         return list(csv.DictReader(f))
@@ -218,12 +226,8 @@ def test_with_several_gpus_each_run_gets_its_own(capsys):
 @pytest.fixture(scope='module')
 def tuned(tmp_path_factory):
     """gelu and polynorm, 2 tuning rates on seed 0, then seeds 1 and 2 at each one's best rate; 4 iterations."""
-    root = tmp_path_factory.mktemp('tuned')
-    data_dir = make_dataset(root / 'tiny_char')
-    args = [*TINY, f'--dataset={data_dir}', '--max_iters=4', '--activations=gelu,polynorm', '--seeds=1,2',
-            '--tune_lr=3e-4,3e-2', '--min_lr=1e-4', f'--out_dir={root / "out"}']
-    done = run_compare(*args)
-    return root / 'out', args, done
+    return compare_in_new_folder(tmp_path_factory, 'tuned', *TINY, '--max_iters=4', '--activations=gelu,polynorm',
+                                 '--seeds=1,2', '--tune_lr=3e-4,3e-2', '--min_lr=1e-4')
 
 
 def test_tuning_picks_each_activations_lowest_final_val_loss_on_the_tuning_seed(tuned):
@@ -350,12 +354,8 @@ def test_ffn_parameters_match_within_one_percent_at_every_size(n_embd):
 
 @pytest.fixture(scope='module')
 def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp('sweep')
-    data_dir = make_dataset(root / 'tiny_char')
-    args = [*TINY_NO_SIZE, f'--dataset={data_dir}', '--max_iters=3', '--activations=gelu,polynorm', '--seeds=1',
-            '--sizes=1x32,2x64', '--head_size=16', f'--out_dir={root / "out"}']
-    done = run_compare(*args)
-    return root / 'out', args, done
+    return compare_in_new_folder(tmp_path_factory, 'sweep', *TINY_NO_SIZE, '--max_iters=3',
+                                 '--activations=gelu,polynorm', '--seeds=1', '--sizes=1x32,2x64', '--head_size=16')
 
 
 def test_a_sweep_trains_every_size_and_writes_scaling_outputs(sweep):
