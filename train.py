@@ -892,6 +892,9 @@ if master:
     else:
         print(f"stopped at iter {iter_num}: {kept_checkpoints()}. {how_to_continue()}", file=sys.stderr)
 if ddp:
+    # every rank waits here while rank 0 writes summary.json: a rank tearing gloo down while another still talks to
+    # it can abort the process at exit ("terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
     if not finished:
         sys.exit(130)
