@@ -11,7 +11,10 @@ Where the results go. Always to the terminal, and to at most one markdown file:
 - by default out_file (out-bench/bench.md, ignored by git), so a quick or partial run never touches the recorded
   results;
 - with --record=True to BENCHMARKS.md next to this file instead: the section of this device kind (cpu or cuda) is
-  replaced, every other line of BENCHMARKS.md is kept. Record only full runs on a quiet machine.
+  replaced, every other line of BENCHMARKS.md is kept. It refuses, in one line, a run that is not the full recording
+  configuration of its device (CPU: the defaults below; CUDA: config/bench_gpu.py) before it starts, and one during
+  whose timed rounds other processes used more than QUIET_OTHER_LOAD CPU cores (its results then go to out_file);
+  --force_record=True records such a run anyway, and its section says what was wrong with it.
 The last line printed names the file written.
 
 What runs. Every activation in --activations in every mode in --modes ('eager', 'compiled' = torch.compile), and MoE
@@ -78,6 +81,7 @@ dtype = 'float32'           # 'float32' or 'bfloat16' (autocast, fp32 master wei
 seed = 1337
 malloc_keep_heap = False    # Linux CPU: glibc serves no tensor from fresh mmap pages (see keep_freed_memory_in_heap)
 record = False              # True: write the results into this device's section of BENCHMARKS.md (the recorded ones)
+force_record = False        # True: record even a run that is not the full recording config, or ran on a loaded machine
 out_file = 'out-bench/bench.md'   # where an unrecorded run writes them; '' = terminal only
 profile = ''                # an activation name: print a torch.profiler table of its training step and exit
 profile_mode = 'eager'      # ... of its eager or compiled variant
@@ -132,6 +136,39 @@ def check_config(cfg):
     for key in ('repeats', 'steps_per_repeat', 'batch_size', 'block_size'):
         if cfg[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+    if cfg['force_record'] and not cfg['record']:
+        raise ValueError("--force_record=True only applies to a recording: add --record=True, or drop --force_record")
+
+
+# -----------------------------------------------------------------------------
+# The timing step: one home for bench.py and compare.py's duration estimate (compare.py imports these two)
+
+
+def train_step(model, optimizer, x, y, ctx, micro_steps=1):
+    """One optimizer step as train.py takes it, without gradient clipping: micro_steps forward + backward passes on
+    the (B, T) batch x -> targets y, each objective (cross-entropy + MoE aux losses, 0 for dense) divided by
+    micro_steps so the gradients add up to their mean, then the optimizer step and zero_grad. ctx is the autocast
+    context (or nullcontext) the forward runs in."""
+    for _ in range(micro_steps):
+        with ctx:
+            _, loss, aux = model(x, y, return_aux=True)
+            objective = (loss + aux['aux_total']) / micro_steps
+        objective.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def mean_step_seconds(step, n, device):
+    """Mean wall seconds of n calls of step() (a no-argument callable). CUDA runs asynchronously: synchronize before
+    starting and before stopping the clock, so the time is the work's, not the launch's."""
+    device = str(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.startswith('cuda') else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / n
 
 
 # -----------------------------------------------------------------------------
@@ -151,7 +188,8 @@ class Variant:
         self.raw_model = GPT(config, verbose=False).to(self.device)
         self.model = torch.compile(self.raw_model) if mode == 'compiled' else self.raw_model
         device_type = 'cuda' if self.device.startswith('cuda') else 'cpu'
-        self.optimizer = self.raw_model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
+        # the optimizer train.py uses, with its default settings (AdamW's cost does not depend on them)
+        self.optimizer = self.raw_model.configure_optimizers(device_type=device_type)
         self.ctx = (nullcontext() if cfg['dtype'] == 'float32' else
                     torch.autocast(device_type=device_type, dtype=torch.bfloat16))
         # the same random batch for every variant: the seed, not the variant, decides the token ids
@@ -166,22 +204,11 @@ class Variant:
 
     def step(self):
         """One training step as train.py takes it, without gradient clipping and accumulation."""
-        with self.ctx:
-            _, loss, aux = self.model(self.x, self.y, return_aux=True)
-            objective = loss + aux['aux_total']   # MoE balance and z losses (0 for dense)
-        objective.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        train_step(self.model, self.optimizer, self.x, self.y, self.ctx)
 
     def timed_steps(self, n):
-        """Mean seconds per step over n steps. CUDA runs asynchronously: synchronize before reading the clock."""
-        sync = torch.cuda.synchronize if self.device.startswith('cuda') else (lambda: None)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            self.step()
-        sync()
-        return (time.perf_counter() - t0) / n
+        """Mean seconds per step over n steps."""
+        return mean_step_seconds(self.step, n, self.device)
 
     def measure_peak_memory(self):
         """CUDA: the peak bytes of one step as if this were the only model in the process = the step's peak above
@@ -415,7 +442,7 @@ def markdown_section(results):
     other = results.get('other_load')
     load_text = (f"other processes used {other:.2f} CPU cores on average while the rounds were timed"
                  if other is not None else 'CPU use of other processes unknown')
-    busy = other is not None and other > 0.3 and not cfg['device'].startswith('cuda')
+    busy = other is not None and other > QUIET_OTHER_LOAD
     model_text = (f"{cfg['n_layer']} layers, {cfg['n_head']} heads, d = {cfg['n_embd']}, T = {cfg['block_size']}, "
                   f"B = {cfg['batch_size']}, vocab {cfg['vocab_size']}, arch {cfg['arch']}, poly_order "
                   f"{cfg['poly_order']}, {cfg['dtype']}; MoE: {cfg['n_expert']} experts, top-{cfg['top_k']}, "
@@ -425,8 +452,10 @@ def markdown_section(results):
         f"Python {m['python']}",
         f"- date: {m['date']}; git commit: {m['commit']}; {load_text} (load average before the run: "
         f"{fmt(results['load_before'], '.2f')})",
-        *(["- **measured while other processes loaded this CPU**: the ratios are paired per round and stay usable; "
-           "absolute times, tokens/s and MFU are pessimistic"] if busy else []),
+        *(["- **measured while other processes loaded this machine's CPU**: the ratios are paired per round and stay "
+           "usable; absolute times, tokens/s and MFU are pessimistic"] if busy else []),
+        *([f"- **recorded with --force_record=True although {'; '.join(results['forced'])}**"]
+          if results.get('forced') else []),
         f"- config: {model_text}",
         f"- measurement: {cfg['repeats']} rounds x {cfg['steps_per_repeat']} step(s) per variant after "
         f"{cfg['warmup_steps']} warm-up steps, round-robin; step = forward + backward + AdamW step + zero_grad; "
@@ -451,11 +480,60 @@ SCRATCH_HEADER = ("# Benchmarks (not recorded)\n\nWritten by `python bench.py` r
                   "replaces its device's section. The recorded results are in BENCHMARKS.md.\n")
 
 
-def results_file(cfg):
-    """(path, header for a new file) of the markdown this run writes, or (None, None) for terminal only."""
-    if cfg['record']:
+def results_file(cfg, recording=None):
+    """(path, header for a new file) of the markdown this run writes, or (None, None) for terminal only. recording:
+    whether the run is recorded (default: --record); a refused recording writes where an unrecorded run would."""
+    if cfg['record'] if recording is None else recording:
         return RECORD_FILE, RECORD_HEADER
     return (cfg['out_file'], SCRATCH_HEADER) if cfg['out_file'] else (None, None)
+
+
+# -----------------------------------------------------------------------------
+# What may be recorded: the full recording configuration of the device, on a quiet machine
+
+GPU_RECORD_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'bench_gpu.py')
+# knobs that do not change the measured numbers: where the results go, and the profiler (which exits before timing)
+NOT_MEASURED = ('record', 'force_record', 'out_file', 'profile', 'profile_mode', 'profile_moe', 'profile_steps')
+# CPU cores that other processes may use on average while the rounds are timed (peak_flops.cpu_seconds: all busy
+# CPU time minus this process's). Four full runs on a quiet machine measured at most 0.02 (BENCHMARKS.md), one other
+# busy process measures about 1; 0.3 lies well between. The CPU bench runs one torch thread per core in lock-step
+# matmuls, so any core another process takes stalls all of them. The same limit marks a section "measured while other
+# processes loaded this machine's CPU", so a recorded section never carries that mark. It applies to GPU runs too:
+# the eager variants wait on the CPU that launches their kernels.
+QUIET_OTHER_LOAD = 0.3
+
+
+def recording_config(kind):
+    """The settings a recorded run of this device kind must have: bench.py's defaults for 'cpu'; for 'cuda' those
+    updated by config/bench_gpu.py (read now, so an edit of that file moves the rule with it)."""
+    if kind == 'cpu':
+        return dict(DEFAULTS)
+    cfg, _ = parse_config([GPU_RECORD_CONFIG], DEFAULTS)
+    return cfg
+
+
+def record_config_problem(cfg):
+    """Why cfg is not the full recording configuration of its device kind (every measured setting named with its
+    recorded value), or None when it is. The device itself only has to be of that kind (cuda:1 records like cuda)."""
+    kind = device_kind(cfg)
+    full = recording_config(kind)
+    differences = [f"{key}={cfg[key]!r} (recorded: {full[key]!r})" for key in DEFAULTS
+                   if key not in NOT_MEASURED and key != 'device' and cfg[key] != full[key]]
+    if not differences:
+        return None
+    home = 'the defaults of bench.py' if kind == 'cpu' else 'config/bench_gpu.py'
+    return f"not the full recording configuration of {kind} ({home}): {', '.join(differences)}"
+
+
+def record_load_problem(other_load):
+    """Why a run with other_load (CPU cores other processes used while the rounds were timed, None = unknown) is not
+    a quiet machine's run, or None when it is."""
+    if other_load is None:
+        return "the CPU use of other processes could not be measured (no /proc/stat), so a quiet machine is not shown"
+    if other_load > QUIET_OTHER_LOAD:
+        return (f"other processes used {other_load:.2f} CPU cores on average while the rounds were timed (a "
+                f"recording allows {QUIET_OTHER_LOAD}: a quiet machine)")
+    return None
 
 
 def device_kind(cfg):
@@ -533,8 +611,13 @@ def main(argv):
     try:
         cfg, _ = parse_config(argv, DEFAULTS)
         check_config(cfg)
+        not_full = record_config_problem(cfg) if cfg['record'] else None
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if not_full and not cfg['force_record']:   # refused before anything slow happens
+        print(f"error: --record=True refused: {not_full}; drop these settings, or pass --force_record=True to record "
+              f"anyway", file=sys.stderr)
         sys.exit(2)
     if cfg['malloc_keep_heap'] and not cfg['device'].startswith('cuda') and not keep_freed_memory_in_heap():
         print("note: --malloc_keep_heap needs glibc (Linux); running with the default allocator")
@@ -549,9 +632,17 @@ def main(argv):
     results = run_benchmark(cfg)
     print()
     print_results(results)
-    path, header = results_file(cfg)
+    loaded = record_load_problem(results['other_load']) if cfg['record'] else None
+    refused = loaded and not cfg['force_record']   # then the results go where an unrecorded run's go
+    results['forced'] = [why for why in (not_full, loaded) if why] if not refused else []
+    path, header = results_file(cfg, recording=cfg['record'] and not refused)
     if path:
         write_markdown(results, path, header)
+    if refused:
+        kept = f"the results are in {path}" if path else "the results are above only (--out_file='')"
+        print(f"error: --record=True refused: {loaded}; BENCHMARKS.md is left as it is and {kept}; rerun on a quiet "
+              f"machine, or pass --force_record=True to record anyway", file=sys.stderr)
+        sys.exit(1)
     print('\n' + where_results_go(cfg, done=True))
 
 

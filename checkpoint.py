@@ -350,3 +350,30 @@ def lock_dir(path, what):
     DirLock.note says so (print it if you like).
     """
     return DirLock(path, what)
+
+# ----------------------------------------------------------------------------- resuming a training run
+
+
+def load_weights(model, state_dict, path):
+    """model.load_state_dict with one line when the weights were written by another version of model.py."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:   # missing/unexpected keys or shapes
+        from processes import fail
+        fail(f"the weights in {path} do not fit this model.py ({str(e).strip().splitlines()[0]}); it was written by "
+             f"another version of the code: train a new run in another --out_dir")
+
+
+def restore_training(ckpt, optimizer, scaler, rank, world_size, say=print):
+    """Put a resumed run's optimizer, loss scaler and this rank's RNGs back. Returns its progress: (iter_num, tokens,
+    best_val_loss, best_iter, val_loss of these weights, elapsed_s)."""
+    optimizer.load_state_dict(ckpt['optimizer'])
+    if scaler.is_enabled() and ckpt.get('scaler'):
+        scaler.load_state_dict(ckpt['scaler'])
+    if len(ckpt['rng']) == world_size:
+        set_rng_state(ckpt['rng'][rank])
+    else:
+        say(f"note: checkpoint saved with {len(ckpt['rng'])} processes, now {world_size}: dropout masks are "
+            f"re-seeded, so the run is not a bitwise continuation (batches still are)")
+    return (ckpt['iter_num'], ckpt['tokens'], ckpt['best_val_loss'], ckpt.get('best_iter'), ckpt.get('val_loss'),
+            ckpt.get('elapsed_s', 0.0))

@@ -77,10 +77,13 @@ def read_config_file(path):
     namespace = {}
     try:
         exec(code, namespace)
-    except Exception as e:
+    except (Exception, SystemExit) as e:   # SystemExit too: sys.exit(0) in a config file would end the run silently
         # the innermost line of the config file itself, not of whatever it called
         lines = [tb.tb_lineno for tb in _walk(e.__traceback__) if tb.tb_frame.f_code.co_filename == path]
         where = f"{path}:{lines[-1]}" if lines else path
+        if isinstance(e, SystemExit):
+            raise ConfigError(f"{where}: the config file calls sys.exit / raises SystemExit({e.code!r}); a config "
+                              f"file only sets values (name = value)") from None
         raise ConfigError(f"{where}: {type(e).__name__}: {e} (while running the config file)") from None
     return {key: value for key, value in namespace.items()
             if not key.startswith('_') and not callable(value) and type(value).__name__ != 'module'}

@@ -1,20 +1,12 @@
 """
-nanoPoly model: a one-file GPT (dense or mixture-of-experts) whose FFN activation is one argument.
+nanoPoly model: a one-file GPT (dense or mixture-of-experts) whose FFN activation is one argument, built around the
+Polynomial Composition activations (PolyCom) of Zhuo et al., "Polynomial Composition Activations: Unleashing the
+Dynamics of Large Language Models" (ICLR 2025, arXiv 2411.03884). Everything around the FFN is a visible GPTConfig
+knob; the README's "Fidelity to the paper" lists where a default differs from the official models.
 
-It implements the Polynomial Composition activations (PolyCom) of Zhuo et al., "Polynomial Composition Activations:
-Unleashing the Dynamics of Large Language Models" (ICLR 2025, arXiv 2411.03884):
-  type I  (polynomial after a pointwise base ρ):  f(x) = a_0 + Σ_{i=1..r} a_i · ρ(x)^i     (PolyReLU: ρ = relu)
-  type II (polynomial composed with a norm N):     f(x) = a_0 + Σ_{i=1..r} a_i · N(x^i)     (PolyNorm)
-with N(u) = u / sqrt(mean(u², last dim) + eps), the RMS over the FFN hidden width of one token, as in the official code.
-
-FFN widths follow the paper's rule (ffn_hidden_size): gated FFNs get 2/3 · 4d rounded up to a multiple of 64, the
-others 1.5x that, so SwiGLU and PolyNorm FFNs have exactly as many weights at every d (d = 2048: 5504 and 8256).
-Everything around the FFN is a visible GPTConfig knob. Where a default differs from the official models (tied
-embeddings, RMSNorm eps 1e-6, init, QK-norm, z-loss scale) the README's "Fidelity to the paper" says so and why;
-config/paper_dense.py and config/paper_moe.py set the official models' choices.
-
-Reading order: config -> activations (PolyCom autograd functions, then the registry) -> FFN -> MoE -> attention ->
-block -> GPT. To add an activation, add one entry to ACTIVATIONS (and a test).
+Reading order: the activations as formulas and their registry ACTIVATIONS (to add an activation: one entry there,
+plus a test) -> config -> FFN (widths: ffn_hidden_size) -> MoE -> attention -> block -> GPT -> the fast paths
+(closed-form autograd Functions, grouped matmul) that compute exactly the plain code above with less memory and time.
 """
 
 import math
@@ -24,6 +16,145 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# Activations, as their formulas. x: (..., H), the FFN hidden pre-activation of a token; i = 1..r, r = poly_order.
+#   type I  (power after a pointwise base ρ): f(x) = a_0 + Σ_i a_i · ρ(x)^i    PolyReLU (ρ = relu), PolyPReLU (prelu)
+#   type II (base after the power):           f(x) = a_0 + Σ_i a_i · ρ(x^i)    PolyNorm (ρ = N)
+# The coefficient layout is the official code's, so its checkpoints load as they are: `weight` (r,) whose element 0
+# multiplies the HIGHEST power and element r-1 the first; `bias` (1,) is a_0.
+
+
+def rms_norm(u, eps=1e-6):
+    """N(u) = u / sqrt(mean(u², last dim) + eps): the RMS over one token's FFN width, no gain (the official code)."""
+    return u / torch.sqrt(u.pow(2).mean(dim=-1, keepdim=True) + eps)
+
+
+def poly_of_base(x, weight, bias, rho):
+    """Type I: a_0 + Σ_i a_i · ρ(x)^i."""
+    r = weight.numel()
+    return bias + sum(weight[r - i] * rho(x) ** i for i in range(1, r + 1))
+
+
+def poly_norm(x, weight, bias, eps=1e-6):
+    """Type II with ρ = N: a_0 + Σ_i a_i · N(x^i), x^i element-wise."""
+    r = weight.numel()
+    return bias + sum(weight[r - i] * rms_norm(x ** i, eps) for i in range(1, r + 1))
+
+
+TYPE_ONE_BASES = {'relu': torch.relu, 'gelu': F.gelu, 'silu': F.silu, 'prelu': F.prelu}   # prelu(x, layer's slope)
+POLYCOM_BASES = (*TYPE_ONE_BASES, 'norm', 'relu_norm')
+
+
+class PolyCom(nn.Module):
+    """A learnable PolyCom activation: r scalar weights and one bias per layer (none per channel), paper init a_i = 1/r,
+    a_0 = 0. base: a key of TYPE_ONE_BASES (type I), 'norm' (PolyNorm) or 'relu_norm' (PolyReLUNorm).
+    formula() is the definition. forward() gives the same numbers through the closed-form Functions at the end of the
+    file, which save only the input for backward (plain autograd keeps ~3x a GELU's), and computes in fp32 under bf16
+    autocast (x^6 has no useful bf16 precision). fast = False runs formula() with plain autograd instead."""
+
+    fast = True
+
+    def __init__(self, order=3, base='relu', eps=1e-6):
+        super().__init__()
+        if not isinstance(order, int) or not 1 <= order <= MAX_POLY_ORDER:
+            raise ValueError(f"PolyCom order must be an integer from 1 to {MAX_POLY_ORDER}, got {order!r}")
+        if base not in POLYCOM_BASES:
+            raise ValueError(f"unknown PolyCom base {base!r}; valid choices: {', '.join(POLYCOM_BASES)}")
+        self.order, self.base, self.eps = order, base, eps
+        self.weight = nn.Parameter(torch.full((order,), 1.0 / order))   # paper init: every a_i = 1/r
+        self.bias = nn.Parameter(torch.zeros(1))                          # paper init: a_0 = 0
+        # PReLU's negative slope: one learnable scalar per layer like the coefficients, 0.25 at init as torch's PReLU
+        self.slope = nn.Parameter(torch.full((1,), 0.25)) if base == 'prelu' else None
+
+    def formula(self, x):
+        if self.base in ('norm', 'relu_norm'):
+            return poly_norm(torch.relu(x) if self.base == 'relu_norm' else x, self.weight, self.bias, self.eps)
+        rho = (lambda u: F.prelu(u, self.slope)) if self.base == 'prelu' else TYPE_ONE_BASES[self.base]
+        return poly_of_base(x, self.weight, self.bias, rho)
+
+    def forward(self, x):
+        if not self.fast:
+            return self.formula(x.to(_compute_dtype(x))).to(x.dtype)
+        if self.base in ('norm', 'relu_norm'):      # relu saves its output: the very tensor PolyNormFunction saves
+            u = torch.relu(x) if self.base == 'relu_norm' else x
+            return PolyNormFunction.apply(u, self.weight, self.bias, self.eps)
+        return PolyBaseFunction.apply(x, self.weight, self.bias, self.base, self.slope)
+
+    def extra_repr(self):
+        return f"order={self.order}, base={self.base}"
+
+
+class PolyReLU(PolyCom):
+    """f(x) = a_0 + Σ_i a_i relu(x)^i (type I, ρ = ReLU)"""
+
+    def __init__(self, order=3):
+        super().__init__(order, base='relu')
+
+
+class PolyNorm(PolyCom):
+    """f(x) = a_0 + Σ_i a_i N(x^i) (type II, ρ = N, eps inside the sqrt)"""
+
+    def __init__(self, order=3, eps=1e-6):
+        super().__init__(order, base='norm', eps=eps)
+
+
+class PolyPReLU(PolyCom):
+    """f(x) = a_0 + Σ_i a_i prelu(x)^i, prelu(x) = max(0, x) + α min(0, x), α learnable (type I, ρ = PReLU)"""
+
+    def __init__(self, order=3):
+        super().__init__(order, base='prelu')
+
+
+class PolyReLUNorm(PolyCom):
+    """f(x) = a_0 + Σ_i a_i N(relu(x)^i): PolyNorm of relu(x), ReLU composed with the normalization. The paper names
+    it without a formula; N(relu(x^i)) would be the other reading (it differs in the even powers)."""
+
+    def __init__(self, order=3, eps=1e-6):
+        super().__init__(order, base='relu_norm', eps=eps)
+
+
+class Pointwise(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def _relu_squared(x):
+    return torch.square(torch.relu(x))
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    build: object        # build(poly_order) -> nn.Module applied to the FFN hidden pre-activation (..., H)
+    gated: bool = False  # gated FFNs multiply act(x W_gate) by x W_up and get 2/3 of the hidden width
+
+
+# The activation registry: name -> how to build it. This is the place to add yours (plus a test).
+ACTIVATIONS = {
+    'relu': ActivationSpec(lambda r: Pointwise(F.relu)),
+    'gelu': ActivationSpec(lambda r: Pointwise(F.gelu)),
+    'silu': ActivationSpec(lambda r: Pointwise(F.silu)),
+    'relu2': ActivationSpec(lambda r: Pointwise(_relu_squared)),              # squared ReLU (Primer)
+    'swiglu': ActivationSpec(lambda r: Pointwise(F.silu), gated=True),        # silu(x W_gate) * (x W_up)
+    'polyrelu': ActivationSpec(lambda r: PolyReLU(r)),                        # PolyCom type I, base relu
+    'polygelu': ActivationSpec(lambda r: PolyCom(r, base='gelu')),            # PolyCom type I, base gelu
+    'polysilu': ActivationSpec(lambda r: PolyCom(r, base='silu')),            # PolyCom type I, base silu
+    'polynorm': ActivationSpec(lambda r: PolyNorm(r)),                        # PolyCom type II, RMS norm
+    'polyprelu': ActivationSpec(lambda r: PolyPReLU(r)),                      # PolyCom type I, base prelu
+    'polyrelunorm': ActivationSpec(lambda r: PolyReLUNorm(r)),                # PolyNorm of relu(x)
+    'polynorm_glu': ActivationSpec(lambda r: PolyNorm(r), gated=True),        # PolyNorm(x W_gate) * (x W_up) (Motif)
+}
+
+
+def build_activation(name, poly_order=3):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid choices: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name].build(poly_order)
+
 
 # -----------------------------------------------------------------------------
 # Config
@@ -135,263 +266,6 @@ def upgrade_model_args(model_args):
 
 
 # -----------------------------------------------------------------------------
-# PolyCom activations
-#
-# Plain autograd of f(x) = Σ a_p N(x^p) keeps x, x², x³, three normed tensors and more for the backward pass, about
-# 3x the memory of a GELU FFN. The autograd Functions below keep only the input x (plus, for PolyNorm, the r inverse
-# RMS values per token) and compute the gradients in closed form. Powers and norms are computed in (at least) fp32,
-# also under bf16 autocast: x^6 and higher overflow or lose all precision in bf16.
-#
-# Parameter layout follows the official code so its checkpoints load as they are: `weight` has length r and
-# weight[0] multiplies the HIGHEST power (x^r), weight[r-1] multiplies x^1; `bias` has length 1.
-
-
-def _compute_dtype(x):
-    return torch.promote_types(x.dtype, torch.float32)   # fp32 for fp16/bf16/fp32 inputs, fp64 stays fp64
-
-
-# On CPU these activations are memory-bound: the FFN hidden tensor (B*T, hidden) is 16-32 MB at the bench config,
-# larger than the caches, and each of the ~20 elementwise passes of forward + backward would stream it from DRAM. So
-# eager CPU runs all passes over one block of rows before the next block: x, g and the temporaries of a 2 MB block
-# stay in cache. Measured (2 threads, forward + backward of a (4096, 1024) fp32 tensor, 16 x 256 tokens): PolyNorm
-# 20.9 -> 11.1 ms, PolyReLU 23.0 -> 11.1 ms (GELU: 3.8 ms); on the MoE's (8192, 1024): 62 -> 21 ms. Blocks of 0.5 to
-# 8 MB were tried, 2 MB was best. On GPU and under torch.compile (which fuses the passes) the whole tensor is one block.
-ROW_BLOCK_BYTES = 2 * 1024 * 1024
-
-
-def _row_blocks(x):
-    """x: (N, H) -> slices of rows, ~ROW_BLOCK_BYTES each on eager CPU, one slice of all rows otherwise."""
-    n = x.shape[0]
-    if x.device.type != 'cpu' or torch.compiler.is_compiling():
-        return [slice(0, n)]
-    rows = max(1, ROW_BLOCK_BYTES // (x.shape[1] * x.element_size()))
-    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
-
-
-def _polynomial(x, coefs, constant, out=None):
-    """constant + Σ_{p=1..r} coefs[..., p-1] · x^p by Horner's rule, in one output buffer: r elementwise passes and
-    no stored powers. x: (..., H); coefs: (..., r) one set per row, or (r,) shared; constant: broadcastable to x.
-    out: the buffer to write (a fresh tensor when None); it must not be x."""
-    r = coefs.shape[-1]
-    if r == 1:
-        return torch.addcmul(constant, x, coefs[..., :1], out=out)
-    out = torch.addcmul(coefs[..., r - 2:r - 1], x, coefs[..., r - 1:r], out=out)   # c_{r-1} + x c_r
-    for p in range(r - 2, 0, -1):
-        torch.addcmul(coefs[..., p - 1:p], x, out, out=out)               # out = c_p + x * out
-    return torch.addcmul(constant, x, out, out=out)
-
-
-def _increasing_order(weight):
-    """(r,) in the official layout (highest power first) -> (r,) whose element p-1 multiplies x^p."""
-    return weight.flip(0)
-
-
-class PolyNormFunction(torch.autograd.Function):
-    """y = bias + Σ_p w_p · s_p · x^p with s_p = (mean(x^(2p)) + eps)^(-1/2) per row. Saves x and s (N, r)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
-        r, width = weight.numel(), xc.shape[-1]
-        w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
-        y, inv_rms = torch.empty_like(xc), xc.new_empty(xc.shape[0], r)   # (N, H), (N, r)
-        for rows in _row_blocks(xc):
-            xb = xc[rows]
-            # s_p from mean((x^p)²) = ||x^p||² / H, one power buffer multiplied by x in place
-            power, s = xb, []
-            for p in range(1, r + 1):
-                if p == 2:
-                    power = xb * xb
-                elif p > 2:
-                    power.mul_(xb)
-                s.append(torch.rsqrt(torch.linalg.vector_norm(power, dim=-1).square() / width + eps))
-            inv_rms[rows] = torch.stack(s, dim=-1)
-            _polynomial(xb, inv_rms[rows] * w, b, out=y[rows])
-        ctx.save_for_backward(x, weight, inv_rms)
-        return y.view(x.shape).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        # With g = dL/dy, s_p the inverse RMS of x^p and d_p = <g, x^p> (a dot product over the row of width H):
-        #   dL/dx   = Σ_p w_p (p x^{p-1} s_p g − (p/H) s_p³ d_p x^{2p-1})
-        #   dL/dw_p = Σ_rows s_p d_p,   dL/dbias = Σ g
-        x, weight, inv_rms = ctx.saved_tensors
-        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
-        g = grad_out.to(xc.dtype).reshape(xc.shape)
-        r, width = weight.numel(), xc.shape[-1]
-        w = _increasing_order(weight).to(xc.dtype)
-        p = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype)   # (r,) the powers 1..r
-        grad_x, dots, g_sums = torch.empty_like(xc), xc.new_empty(xc.shape[0], r), xc.new_empty(xc.shape[0])
-        for rows in _row_blocks(xc):
-            xb, gb, s, gx = xc[rows], g[rows], inv_rms[rows], grad_x[rows]
-            # d_p = <g, x^p>: multiply one copy of g by x, one power at a time
-            scratch = gb * xb
-            d = [scratch.sum(-1)]
-            for _ in range(r - 1):
-                d.append(scratch.mul_(xb).sum(-1))
-            d = torch.stack(d, dim=-1)                              # (n, r)
-            dots[rows], g_sums[rows] = d, gb.sum(-1)
-            # first term: g · Σ_p p w_p s_p x^{p-1}, a polynomial of degree r-1 in x
-            slope = p * w * s                                       # (n, r)
-            if r > 1:
-                _polynomial(xb, slope[:, 1:], slope[:, :1], out=gx)
-            else:
-                gx.copy_(slope[:, :1].expand_as(xb))
-            gx.mul_(gb)
-            # second term: Σ_p k_p x^{2p-1} = x · Σ_p k_p (x²)^{p-1}, with k_p = (p/H) w_p s_p³ d_p
-            k = p / width * w * s.pow(3) * d                        # (n, r)
-            odd = _polynomial(torch.mul(xb, xb, out=scratch), k[:, 1:], k[:, :1]) if r > 1 else k[:, :1]
-            gx.addcmul_(xb, odd, value=-1.0)
-        grad_weight = _increasing_order((inv_rms * dots).sum(0)).to(weight.dtype)
-        grad_bias = g_sums.sum().reshape(1).to(weight.dtype)
-        return grad_x.view(x.shape).to(x.dtype), grad_weight, grad_bias, None
-
-
-def _relu_and_slope(x):
-    return torch.relu(x), (x > 0).to(x.dtype)
-
-
-def _gelu_and_slope(x):
-    # gelu(x) = x Φ(x), gelu'(x) = Φ(x) + x φ(x)
-    cdf = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
-    pdf = torch.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-    return x * cdf, cdf + x * pdf
-
-
-def _silu_and_slope(x):
-    # silu(x) = x σ(x), silu'(x) = σ(x) (1 + x (1 − σ(x)))
-    sig = torch.sigmoid(x)
-    return x * sig, sig * (1.0 + x * (1.0 - sig))
-
-
-POINTWISE_BASES = {'relu': _relu_and_slope, 'gelu': _gelu_and_slope, 'silu': _silu_and_slope}
-
-
-class PolyBaseFunction(torch.autograd.Function):
-    """Type I PolyCom: y = bias + Σ_p w_p ρ(x)^p for a pointwise base ρ. Saves only x; ρ(x) is recomputed."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, base):
-        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
-        w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
-        y = torch.empty_like(xc)
-        for rows in _row_blocks(xc):
-            xb = xc[rows]
-            rho = torch.relu(xb) if base == 'relu' else POINTWISE_BASES[base](xb)[0]   # relu: skip its slope
-            _polynomial(rho, w, b, out=y[rows])
-        ctx.save_for_backward(x, weight)
-        ctx.base = base
-        return y.view(x.shape).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        # dL/dx = g · ρ'(x) · Σ_p p w_p ρ^{p-1};  dL/dw_p = Σ g ρ^p;  dL/dbias = Σ g
-        x, weight = ctx.saved_tensors
-        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
-        g = grad_out.to(xc.dtype).reshape(xc.shape)
-        r = weight.numel()
-        w = _increasing_order(weight).to(xc.dtype)
-        slope = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype) * w      # (r,): p w_p
-        grad_x, sums = torch.empty_like(xc), []
-        for rows in _row_blocks(xc):
-            xb, gb, gx = xc[rows], g[rows], grad_x[rows]
-            rho, rho_slope = POINTWISE_BASES[ctx.base](xb)
-            # Σ g ρ^p for p = 0..r (p = 0: the bias): one copy of g multiplied by ρ one power at a time
-            scratch = gb * rho
-            block_sums = [gb.sum(), scratch.sum()]
-            for _ in range(r - 1):
-                block_sums.append(scratch.mul_(rho).sum())
-            sums.append(torch.stack(block_sums))                    # (r+1,)
-            if r > 1:
-                _polynomial(rho, slope[1:], slope[:1], out=gx)
-            else:
-                gx.copy_(slope[:1].expand_as(xb))
-            gx.mul_(gb).mul_(rho_slope)
-        sums = torch.stack(sums).sum(0)                             # (r+1,) over all blocks
-        grad_weight = _increasing_order(sums[1:]).to(weight.dtype)
-        grad_bias = sums[:1].to(weight.dtype)
-        return grad_x.view(x.shape).to(x.dtype), grad_weight, grad_bias, None
-
-
-class PolyCom(nn.Module):
-    """Learnable PolyCom activation with r scalar weights and one bias per layer (none per channel)."""
-
-    def __init__(self, order=3, base='relu', eps=1e-6):
-        super().__init__()
-        if not isinstance(order, int) or not 1 <= order <= MAX_POLY_ORDER:
-            raise ValueError(f"PolyCom order must be an integer from 1 to {MAX_POLY_ORDER}, got {order!r}")
-        if base not in POINTWISE_BASES and base != 'norm':
-            raise ValueError(f"unknown PolyCom base {base!r}; valid choices: {', '.join(POINTWISE_BASES)}, norm")
-        self.order, self.base, self.eps = order, base, eps
-        self.weight = nn.Parameter(torch.full((order,), 1.0 / order))   # paper init: every a_i = 1/r
-        self.bias = nn.Parameter(torch.zeros(1))                          # paper init: a_0 = 0
-
-    def forward(self, x):
-        if self.base == 'norm':
-            return PolyNormFunction.apply(x, self.weight, self.bias, self.eps)
-        return PolyBaseFunction.apply(x, self.weight, self.bias, self.base)
-
-    def extra_repr(self):
-        return f"order={self.order}, base={self.base}"
-
-
-class PolyReLU(PolyCom):
-    """f(x) = a_0 + Σ_{i=1..r} a_i relu(x)^i"""
-
-    def __init__(self, order=3):
-        super().__init__(order, base='relu')
-
-
-class PolyNorm(PolyCom):
-    """f(x) = a_0 + Σ_{i=1..r} a_i N(x^i), N = RMS normalization over the last dim (eps inside the sqrt)"""
-
-    def __init__(self, order=3, eps=1e-6):
-        super().__init__(order, base='norm', eps=eps)
-
-
-# -----------------------------------------------------------------------------
-# The activation registry: name -> how to build it. One entry per activation; this is the place to add yours.
-
-
-class Pointwise(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
-
-def _relu_squared(x):
-    return torch.square(torch.relu(x))
-
-
-@dataclass(frozen=True)
-class ActivationSpec:
-    build: object        # build(poly_order) -> nn.Module applied to the FFN hidden pre-activation (..., H)
-    gated: bool = False  # gated FFNs (SwiGLU) multiply act(x W_gate) by x W_up and get 2/3 of the hidden width
-
-
-ACTIVATIONS = {
-    'relu': ActivationSpec(lambda r: Pointwise(F.relu)),
-    'gelu': ActivationSpec(lambda r: Pointwise(F.gelu)),
-    'silu': ActivationSpec(lambda r: Pointwise(F.silu)),
-    'relu2': ActivationSpec(lambda r: Pointwise(_relu_squared)),              # squared ReLU (Primer)
-    'swiglu': ActivationSpec(lambda r: Pointwise(F.silu), gated=True),        # silu(x W_gate) * (x W_up)
-    'polyrelu': ActivationSpec(lambda r: PolyReLU(r)),                        # PolyCom type I, base relu
-    'polygelu': ActivationSpec(lambda r: PolyCom(r, base='gelu')),            # PolyCom type I, base gelu
-    'polysilu': ActivationSpec(lambda r: PolyCom(r, base='silu')),            # PolyCom type I, base silu
-    'polynorm': ActivationSpec(lambda r: PolyNorm(r)),                        # PolyCom type II, RMS norm
-}
-
-
-def build_activation(name, poly_order=3):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid choices: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name].build(poly_order)
-
-
-# -----------------------------------------------------------------------------
 # Dense FFN: W_proj · act(W_fc · x), or for gated activations W_proj · (act(W_gate · x) * W_fc · x)
 
 
@@ -413,85 +287,21 @@ class MLP(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Mixture of experts: top-k routing, dropless, experts computed as grouped matmuls over contiguous token slices.
-
-
-def _grouped_mm_is_usable(a, b):
-    """torch.nn.functional.grouped_mm (torch 2.13) runs on CPU for fp32/bf16/fp16 (forward only; we write the backward
-    ourselves from forward calls) and on CUDA for bf16 with SM >= 80. It needs 16-byte aligned rows."""
-    if a.dtype != b.dtype or a.shape[-1] % 8 != 0 or b.shape[-1] % 8 != 0:
-        return False
-    if a.device.type == 'cpu':
-        return a.dtype in (torch.float32, torch.bfloat16, torch.float16)
-    if a.device.type == 'cuda':
-        return a.dtype == torch.bfloat16 and torch.cuda.get_device_capability(a.device)[0] >= 8
-    return False
+# Mixture of experts: top-k routing, dropless. What it computes, one token x (C,) at a time (tests/test_moe.py's loop):
+#     probs = softmax(x W_router)                   (E,) in fp32
+#     weights, experts = top_k(probs)               (k,), renormalised to sum to 1 if norm_topk
+#     y = Σ_j weights[j] · FFN_{experts[j]}(x)      FFN_e(x) = act(x W_fc[e]) W_proj[e]
+#                                                  (gated: FFN_e(x) = (act(x W_gate[e]) ⊙ x W_fc[e]) W_proj[e])
+# The code does this for all tokens at once: sort the (token, expert) pairs by expert so that each expert's tokens
+# are one contiguous slice, one grouped matmul per weight (grouped_matmul, at the end of the file), then unsort,
+# weight and sum. The shapes stay fixed, so torch.compile sees no data-dependent sizes.
 
 
 def _group_bounds(offsets):
     """offsets (G,) cumulative group ends -> list of (start, end). .tolist() is a host sync (and a graph break
-    under torch.compile): the loop fallback only runs where grouped_mm is not available (fp64, old GPUs, mps)."""
+    under torch.compile), so only the loop fallback of grouped_matmul and per-expert coefficients use it."""
     ends = offsets.tolist()
     return list(zip([0] + ends[:-1], ends))
-
-
-def _grouped_matmul_eager(a, b, offsets):
-    """out[rows of group g] = a[rows of group g] @ b[g]. a: (M, K) sorted by group; b: (G, K, N); offsets: (G,) int32."""
-    if _grouped_mm_is_usable(a, b):
-        return F.grouped_mm(a, b, offs=offsets)
-    return torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(_group_bounds(offsets))], dim=0)
-
-
-def _grouped_weight_grad_eager(a, grad_out, offsets):
-    """out[g] = a[rows of g]^T @ grad_out[rows of g]: (G, K, N). The 2-D x 2-D grouped_mm needs the row count
-    aligned to 16 bytes, so pad with zero rows (they add nothing to any group)."""
-    if _grouped_mm_is_usable(a, grad_out):
-        pad = (-a.shape[0]) % 16
-        if pad:
-            a, grad_out = F.pad(a, (0, 0, 0, pad)), F.pad(grad_out, (0, 0, 0, pad))
-        return F.grouped_mm(a.t(), grad_out, offs=offsets)
-    return torch.stack([a[s:e].t() @ grad_out[s:e] for s, e in _group_bounds(offsets)], dim=0)
-
-
-# The grouped matmul is registered as a custom op so that torch.compile treats it as one opaque kernel with a known
-# output shape: no graph break, even for the loop fallback and its host sync. (Tracing torch's grouped_mm directly
-# fails on CPU: its shape function accepts only bf16.) torch 2.13's grouped_mm has no CPU backward, but the backward
-# is two more grouped products, dA = dY @ B^T and dB = A^T @ dY per group, so we build it from forward calls.
-
-@torch.library.custom_op("nanopoly::grouped_matmul", mutates_args=())
-def grouped_matmul(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return _grouped_matmul_eager(a, b, offsets)
-
-
-@grouped_matmul.register_fake
-def _(a, b, offsets):
-    return a.new_empty(a.shape[0], b.shape[-1])
-
-
-@torch.library.custom_op("nanopoly::grouped_weight_grad", mutates_args=())
-def grouped_weight_grad(a: torch.Tensor, grad_out: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return _grouped_weight_grad_eager(a, grad_out, offsets)
-
-
-@grouped_weight_grad.register_fake
-def _(a, grad_out, offsets):
-    return a.new_empty(offsets.shape[0], a.shape[1], grad_out.shape[1])
-
-
-def _grouped_matmul_setup_context(ctx, inputs, output):
-    a, b, offsets = inputs
-    ctx.save_for_backward(a, b, offsets)
-
-
-def _grouped_matmul_backward(ctx, grad_out):
-    a, b, offsets = ctx.saved_tensors
-    grad_out = grad_out.contiguous()
-    grad_a = grouped_matmul(grad_out, b.transpose(1, 2), offsets)     # (M, K)
-    grad_b = grouped_weight_grad(a, grad_out, offsets)                # (G, K, N)
-    return grad_a, grad_b, None
-
-
-grouped_matmul.register_autograd(_grouped_matmul_backward, setup_context=_grouped_matmul_setup_context)
 
 
 class MoE(nn.Module):
@@ -725,8 +535,8 @@ class GPT(nn.Module):
         c = self.config
         std = c.init_std
         for name, p in self.named_parameters():
-            if name.endswith('act.weight') or name.endswith('act.bias') or '.acts.' in name:
-                continue                                     # PolyCom coefficients: set in PolyCom.__init__
+            if '.act.' in name or '.acts.' in name:
+                continue                                     # PolyCom coefficients (and slope): set in PolyCom
             if p.dim() < 2:
                 p.fill_(1.0 if name.endswith('weight') else 0.0)
                 continue
@@ -839,9 +649,10 @@ class GPT(nn.Module):
 
     # ---- training helpers
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), device_type='cpu'):
         """AdamW with weight decay on matrices only (dim >= 2: Linear, embedding and expert weights). Norm gains,
-        biases and PolyCom coefficients are not decayed: pulling them towards 0 would change the function's shape."""
+        biases and PolyCom coefficients are not decayed: pulling them towards 0 would change the function's shape.
+        The defaults are train.py's knob defaults; train.py, bench.py and compare.py all build their optimizer here."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -887,3 +698,293 @@ class GPT(nn.Module):
             x, _ = block(x, self.rope())
             states.append(x)
         return states
+
+
+# =============================================================================
+# Fast paths. Everything below computes exactly what the plain code above computes: PolyCom.formula() and the MoE's
+# per-token meaning (tests/test_model.py and tests/test_moe.py compare them, values and gradients). It exists for
+# memory and speed only; a reader of the model can stop here.
+# - PolyCom Functions: plain autograd of Σ a_p N(x^p) keeps x, x², x³, three normed tensors and more for backward,
+#   ~3x a GELU FFN's activation memory. These save only x (PolyNorm also r inverse RMS values per token) and compute
+#   the gradients in closed form: the bench model saves 367.9 MiB vs GELU's 367.7 MiB (README, "Memory").
+#   Powers and norms are computed in (at least) fp32, also under bf16 autocast.
+# - grouped_matmul: the MoE's experts as one grouped product per weight instead of a loop over experts, with a
+#   backward built from forward calls, registered as a custom op so that torch.compile(fullgraph=True) works.
+
+
+def _compute_dtype(x):
+    return torch.promote_types(x.dtype, torch.float32)   # fp32 for fp16/bf16/fp32 inputs, fp64 stays fp64
+
+
+# On CPU these activations are memory-bound: the FFN hidden tensor (B*T, hidden) is 16-32 MB at the bench config,
+# larger than the caches, and each of the ~20 elementwise passes of forward + backward would stream it from DRAM. So
+# eager CPU runs all passes over one block of rows before the next block: x, g and the temporaries of a 2 MB block
+# stay in cache. Measured (2 threads, forward + backward of a (4096, 1024) fp32 tensor, 16 x 256 tokens): PolyNorm
+# 20.9 -> 11.1 ms, PolyReLU 23.0 -> 11.1 ms (GELU: 3.8 ms); on the MoE's (8192, 1024): 62 -> 21 ms. Blocks of 0.5 to
+# 8 MB were tried, 2 MB was best. On GPU and under torch.compile (which fuses the passes) the whole tensor is one block.
+ROW_BLOCK_BYTES = 2 * 1024 * 1024
+
+
+def _row_blocks(x):
+    """x: (N, H) -> slices of rows, ~ROW_BLOCK_BYTES each on eager CPU, one slice of all rows otherwise."""
+    n = x.shape[0]
+    if x.device.type != 'cpu' or torch.compiler.is_compiling():
+        return [slice(0, n)]
+    rows = max(1, ROW_BLOCK_BYTES // (x.shape[1] * x.element_size()))
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
+def _polynomial(x, coefs, constant, out=None):
+    """constant + Σ_{p=1..r} coefs[..., p-1] · x^p by Horner's rule, in one output buffer: r elementwise passes and
+    no stored powers. x: (..., H); coefs: (..., r) one set per row, or (r,) shared; constant: broadcastable to x.
+    out: the buffer to write (a fresh tensor when None); it must not be x."""
+    r = coefs.shape[-1]
+    if r == 1:
+        return torch.addcmul(constant, x, coefs[..., :1], out=out)
+    out = torch.addcmul(coefs[..., r - 2:r - 1], x, coefs[..., r - 1:r], out=out)   # c_{r-1} + x c_r
+    for p in range(r - 2, 0, -1):
+        torch.addcmul(coefs[..., p - 1:p], x, out, out=out)               # out = c_p + x * out
+    return torch.addcmul(constant, x, out, out=out)
+
+
+def _increasing_order(weight):
+    """(r,) in the official layout (highest power first) -> (r,) whose element p-1 multiplies x^p."""
+    return weight.flip(0)
+
+
+class PolyNormFunction(torch.autograd.Function):
+    """y = bias + Σ_p w_p · s_p · x^p with s_p = (mean(x^(2p)) + eps)^(-1/2) per row. Saves x and s (N, r)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
+        r, width = weight.numel(), xc.shape[-1]
+        w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
+        y, inv_rms = torch.empty_like(xc), xc.new_empty(xc.shape[0], r)   # (N, H), (N, r)
+        for rows in _row_blocks(xc):
+            xb = xc[rows]
+            # s_p from mean((x^p)²) = ||x^p||² / H, one power buffer multiplied by x in place
+            power, s = xb, []
+            for p in range(1, r + 1):
+                if p == 2:
+                    power = xb * xb
+                elif p > 2:
+                    power.mul_(xb)
+                s.append(torch.rsqrt(torch.linalg.vector_norm(power, dim=-1).square() / width + eps))
+            inv_rms[rows] = torch.stack(s, dim=-1)
+            _polynomial(xb, inv_rms[rows] * w, b, out=y[rows])
+        ctx.save_for_backward(x, weight, inv_rms)
+        return y.view(x.shape).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        # With g = dL/dy, s_p the inverse RMS of x^p and d_p = <g, x^p> (a dot product over the row of width H):
+        #   dL/dx   = Σ_p w_p (p x^{p-1} s_p g − (p/H) s_p³ d_p x^{2p-1})
+        #   dL/dw_p = Σ_rows s_p d_p,   dL/dbias = Σ g
+        x, weight, inv_rms = ctx.saved_tensors
+        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
+        g = grad_out.to(xc.dtype).reshape(xc.shape)
+        r, width = weight.numel(), xc.shape[-1]
+        w = _increasing_order(weight).to(xc.dtype)
+        p = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype)   # (r,) the powers 1..r
+        grad_x, dots, g_sums = torch.empty_like(xc), xc.new_empty(xc.shape[0], r), xc.new_empty(xc.shape[0])
+        for rows in _row_blocks(xc):
+            xb, gb, s, gx = xc[rows], g[rows], inv_rms[rows], grad_x[rows]
+            # d_p = <g, x^p>: multiply one copy of g by x, one power at a time
+            scratch = gb * xb
+            d = [scratch.sum(-1)]
+            for _ in range(r - 1):
+                d.append(scratch.mul_(xb).sum(-1))
+            d = torch.stack(d, dim=-1)                              # (n, r)
+            dots[rows], g_sums[rows] = d, gb.sum(-1)
+            # first term: g · Σ_p p w_p s_p x^{p-1}, a polynomial of degree r-1 in x
+            slope = p * w * s                                       # (n, r)
+            if r > 1:
+                _polynomial(xb, slope[:, 1:], slope[:, :1], out=gx)
+            else:
+                gx.copy_(slope[:, :1].expand_as(xb))
+            gx.mul_(gb)
+            # second term: Σ_p k_p x^{2p-1} = x · Σ_p k_p (x²)^{p-1}, with k_p = (p/H) w_p s_p³ d_p
+            k = p / width * w * s.pow(3) * d                        # (n, r)
+            odd = _polynomial(torch.mul(xb, xb, out=scratch), k[:, 1:], k[:, :1]) if r > 1 else k[:, :1]
+            gx.addcmul_(xb, odd, value=-1.0)
+        grad_weight = _increasing_order((inv_rms * dots).sum(0)).to(weight.dtype)
+        grad_bias = g_sums.sum().reshape(1).to(weight.dtype)
+        return grad_x.view(x.shape).to(x.dtype), grad_weight, grad_bias, None
+
+
+# Each base: x (and PReLU's negative slope a, which the others ignore) -> ρ(x), ρ'(x)
+def _relu_and_slope(x, a=None):
+    return torch.relu(x), (x > 0).to(x.dtype)
+
+
+def _prelu_and_slope(x, a):
+    positive = x > 0
+    return torch.where(positive, x, a * x), torch.where(positive, torch.ones_like(x), a)
+
+
+def _gelu_and_slope(x, a=None):
+    # gelu(x) = x Φ(x), gelu'(x) = Φ(x) + x φ(x)
+    cdf = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
+    pdf = torch.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return x * cdf, cdf + x * pdf
+
+
+def _silu_and_slope(x, a=None):
+    # silu(x) = x σ(x), silu'(x) = σ(x) (1 + x (1 − σ(x)))
+    sig = torch.sigmoid(x)
+    return x * sig, sig * (1.0 + x * (1.0 - sig))
+
+
+POINTWISE_BASES = {'relu': _relu_and_slope, 'prelu': _prelu_and_slope, 'gelu': _gelu_and_slope,
+                   'silu': _silu_and_slope}
+
+
+class PolyBaseFunction(torch.autograd.Function):
+    """Type I PolyCom: y = bias + Σ_p w_p ρ(x)^p for a pointwise base ρ (PReLU: with its slope a, shape (1,)).
+    Saves only x; ρ(x) is recomputed."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, base, slope=None):
+        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
+        w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
+        a = slope.to(xc.dtype) if slope is not None else None
+        y = torch.empty_like(xc)
+        for rows in _row_blocks(xc):
+            xb = xc[rows]
+            rho = torch.relu(xb) if base == 'relu' else POINTWISE_BASES[base](xb, a)[0]   # relu: skip its slope
+            _polynomial(rho, w, b, out=y[rows])
+        ctx.save_for_backward(x, weight, slope)
+        ctx.base = base
+        return y.view(x.shape).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        # dL/dx = g · ρ'(x) · Σ_p p w_p ρ^{p-1};  dL/dw_p = Σ g ρ^p;  dL/dbias = Σ g
+        # PReLU: dL/da = Σ g · Σ_p p w_p ρ^{p-1} · min(x, 0)
+        x, weight, slope_a = ctx.saved_tensors
+        xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
+        g = grad_out.to(xc.dtype).reshape(xc.shape)
+        r = weight.numel()
+        w = _increasing_order(weight).to(xc.dtype)
+        a = slope_a.to(xc.dtype) if slope_a is not None else None
+        slope = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype) * w      # (r,): p w_p
+        grad_x, sums, a_sums = torch.empty_like(xc), [], []
+        for rows in _row_blocks(xc):
+            xb, gb, gx = xc[rows], g[rows], grad_x[rows]
+            rho, rho_slope = POINTWISE_BASES[ctx.base](xb, a)
+            # Σ g ρ^p for p = 0..r (p = 0: the bias): one copy of g multiplied by ρ one power at a time
+            scratch = gb * rho
+            block_sums = [gb.sum(), scratch.sum()]
+            for _ in range(r - 1):
+                block_sums.append(scratch.mul_(rho).sum())
+            sums.append(torch.stack(block_sums))                    # (r+1,)
+            if r > 1:
+                _polynomial(rho, slope[1:], slope[:1], out=gx)
+            else:
+                gx.copy_(slope[:1].expand_as(xb))
+            gx.mul_(gb)
+            if a is not None:
+                a_sums.append((gx * xb.clamp(max=0)).sum())
+            gx.mul_(rho_slope)
+        sums = torch.stack(sums).sum(0)                             # (r+1,) over all blocks
+        grad_weight = _increasing_order(sums[1:]).to(weight.dtype)
+        grad_bias = sums[:1].to(weight.dtype)
+        grad_a = torch.stack(a_sums).sum().reshape(1).to(slope_a.dtype) if a is not None else None
+        return grad_x.view(x.shape).to(x.dtype), grad_weight, grad_bias, None, grad_a
+
+
+def _torch_grouped_mm():
+    """torch's grouped matmul: F.grouped_mm (torch >= 2.10), else torch._grouped_mm (2.8 and 2.9, the same
+    arguments), else None (older torch: the per-expert loop)."""
+    return getattr(F, 'grouped_mm', None) or getattr(torch, '_grouped_mm', None)
+
+
+_GROUPED_MM_RUNS = {}   # (function, device type, dtype) -> whether a tiny grouped product ran and was right
+
+
+def _usable_grouped_mm(a, b):
+    """torch's grouped matmul if it can take a and b, else None (then: the per-expert loop). It runs on CPU for
+    fp32/bf16/fp16 (forward only; we write the backward from forward calls) and on CUDA for bf16 from SM 80; it needs
+    16-byte aligned rows; float64 takes the loop (the tests' exact reference). It is tried once per device and dtype:
+    torch 2.8 has no CPU kernel and needs SM 90, so an error there means the loop, never a crash in training."""
+    fn = _torch_grouped_mm()
+    if fn is None or a.dtype != b.dtype or a.shape[-1] % 8 != 0 or b.shape[-1] % 8 != 0:
+        return None
+    if a.device.type == 'cpu':
+        usable = a.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    else:
+        usable = a.device.type == 'cuda' and a.dtype == torch.bfloat16 and \
+            torch.cuda.get_device_capability(a.device)[0] >= 8
+    key = (fn, a.device.type, a.dtype)
+    if usable and key not in _GROUPED_MM_RUNS:
+        ones = torch.ones(16, 8, device=a.device, dtype=a.dtype)
+        offsets = torch.tensor([8, 16], device=a.device, dtype=torch.int32)
+        try:
+            _GROUPED_MM_RUNS[key] = bool((fn(ones, ones.view(2, 8, 8), offs=offsets) == 8).all()) and \
+                bool((fn(ones.t(), ones, offs=offsets) == 8).all())
+        except (RuntimeError, NotImplementedError, TypeError):
+            _GROUPED_MM_RUNS[key] = False
+    return fn if usable and _GROUPED_MM_RUNS[key] else None
+
+
+def _grouped_matmul_eager(a, b, offsets):
+    """out[rows of group g] = a[rows of group g] @ b[g]. a: (M, K) sorted by group; b: (G, K, N); offsets: (G,) int32."""
+    grouped_mm = _usable_grouped_mm(a, b)
+    if grouped_mm is not None:
+        return grouped_mm(a, b, offs=offsets)
+    return torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(_group_bounds(offsets))], dim=0)
+
+
+def _grouped_weight_grad_eager(a, grad_out, offsets):
+    """out[g] = a[rows of g]^T @ grad_out[rows of g]: (G, K, N). The 2-D x 2-D grouped_mm needs the row count
+    aligned to 16 bytes, so pad with zero rows (they add nothing to any group)."""
+    grouped_mm = _usable_grouped_mm(a, grad_out)
+    if grouped_mm is not None:
+        pad = (-a.shape[0]) % 16
+        if pad:
+            a, grad_out = F.pad(a, (0, 0, 0, pad)), F.pad(grad_out, (0, 0, 0, pad))
+        return grouped_mm(a.t(), grad_out, offs=offsets)
+    return torch.stack([a[s:e].t() @ grad_out[s:e] for s, e in _group_bounds(offsets)], dim=0)
+
+
+# The grouped matmul is registered as a custom op so that torch.compile treats it as one opaque kernel with a known
+# output shape: no graph break, even for the loop fallback and its host sync. (Tracing torch's grouped_mm directly
+# fails on CPU: its shape function accepts only bf16.) torch's grouped_mm has no CPU backward, but the backward is
+# two more grouped products, dA = dY @ B^T and dB = A^T @ dY per group, so we build it from forward calls.
+# torch.library.custom_op, register_fake and register_autograd exist from torch 2.4 (the GPU machine has 2.11).
+
+@torch.library.custom_op("nanopoly::grouped_matmul", mutates_args=())
+def grouped_matmul(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return _grouped_matmul_eager(a, b, offsets)
+
+
+@grouped_matmul.register_fake
+def _(a, b, offsets):
+    return a.new_empty(a.shape[0], b.shape[-1])
+
+
+@torch.library.custom_op("nanopoly::grouped_weight_grad", mutates_args=())
+def grouped_weight_grad(a: torch.Tensor, grad_out: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return _grouped_weight_grad_eager(a, grad_out, offsets)
+
+
+@grouped_weight_grad.register_fake
+def _(a, grad_out, offsets):
+    return a.new_empty(offsets.shape[0], a.shape[1], grad_out.shape[1])
+
+
+def _grouped_matmul_setup_context(ctx, inputs, output):
+    a, b, offsets = inputs
+    ctx.save_for_backward(a, b, offsets)
+
+
+def _grouped_matmul_backward(ctx, grad_out):
+    a, b, offsets = ctx.saved_tensors
+    grad_out = grad_out.contiguous()
+    grad_a = grouped_matmul(grad_out, b.transpose(1, 2), offsets)     # (M, K)
+    grad_b = grouped_weight_grad(a, grad_out, offsets)                # (G, K, N)
+    return grad_a, grad_b, None
+
+
+grouped_matmul.register_autograd(_grouped_matmul_backward, setup_context=_grouped_matmul_setup_context)

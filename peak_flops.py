@@ -15,6 +15,8 @@ import math
 import os
 import platform
 import re
+import statistics
+import sys
 import time
 
 # (regex on torch.cuda.get_device_name(), dense peak FLOP/s). First match wins, so specific names come first.
@@ -165,3 +167,109 @@ def mfu(flops_per_token, tokens_per_sec, peak_flops, num_devices=1):
     if not peak_flops:
         return None
     return flops_per_token * tokens_per_sec / (peak_flops * num_devices)
+
+
+class Speedometer:
+    """Speed and MFU of train.py's logged periods, with the sanity check that keeps an MFU above 100% out of the logs
+    (on CPU the cached peak is measured again first: it was measured on a busy machine), and the steady-state figures
+    for summary.json. dist: torch.distributed under DDP (the CPU peak is measured by all ranks together), else None."""
+
+    def __init__(self, flops_per_token, tokens_per_iter, device, world_size, nodes=1, dist=None, say=print):
+        self.flops_per_token, self.tokens_per_iter = flops_per_token, tokens_per_iter
+        self.device, self.world_size, self.nodes, self.dist, self.say = device, world_size, nodes, dist, say
+        self.master = dist is None or dist.get_rank() == 0
+        self.periods = []   # (first iteration, last iteration, ms per iteration)
+        self.remeasured, self.note_shown = False, False
+        self.peak, self.peak_devices = None, world_size
+        self.peak_note = f"no peak known for device '{device}', MFU left empty"
+        if device == 'cpu':
+            self.peak, self.peak_devices = self.shared_cpu_peak(), 1
+            self.peak_note = (f"CPU float32 matmul peak measured here: {self.peak / 1e9:.1f} GFLOP/s"
+                              f"{f' for {world_size} processes' if world_size > 1 else ''}"
+                              f"{f' (cached in {cpu_peak_cache_path()})' if nodes == 1 else ''}")
+        elif self.master:
+            self.peak, self.peak_note = device_peak_flops(device)
+
+    def shared_cpu_peak(self, remeasure=False):
+        """Float32 matmul peak of the CPU(s) this run uses. Under DDP every rank measures at the same time and the
+        throughputs add up: processes sharing one CPU share its peak (and those on other nodes add theirs). Collective
+        under DDP; cached per layout (one node only), highest value kept."""
+        import torch
+        dist, one_node = self.dist, self.nodes == 1
+        known = cached_cpu_peak(self.world_size) if self.master and one_node and not remeasure else None
+        value = torch.tensor([known or 0.0], dtype=torch.float64)
+        if dist:
+            dist.broadcast(value, 0)
+        if value.item() == 0.0:
+            if dist:
+                dist.barrier()   # start together, so each rank measures while the others do
+            value = torch.tensor([measure_cpu_matmul_flops()], dtype=torch.float64)
+            if dist:
+                dist.all_reduce(value)
+            if self.master and one_node:
+                value.fill_(store_cpu_peak(value.item(), self.world_size))
+            if dist:
+                dist.broadcast(value, 0)
+        return value.item()
+
+    def mfu(self, tokens_per_sec):
+        """MFU at this speed, or None when the peak is unknown or would give more than 100% (then it is wrong)."""
+        value = mfu(self.flops_per_token, tokens_per_sec, self.peak, self.peak_devices)
+        if value is not None and value > 1 and self.device == 'cpu' and not self.remeasured:
+            self.peak, self.remeasured = self.shared_cpu_peak(remeasure=True), True
+            value = mfu(self.flops_per_token, tokens_per_sec, self.peak, self.peak_devices)
+            self.say(f"note: the run went faster than the cached CPU peak; re-measured it: "
+                     f"{self.peak / 1e9:.1f} GFLOP/s")
+        if value is not None and value > 1:
+            if not self.note_shown:
+                fix = (f"other work loaded the CPU while it was measured; delete {cpu_peak_cache_path()} to measure "
+                       f"it again on a quiet machine" if self.device == 'cpu' else "fix the peak in peak_flops.py")
+                self.say(f"note: MFU would be {value:.0%} against a peak of {self.peak / 1e12:.3g} TFLOP/s, so that "
+                         f"peak is wrong for this machine; MFU is left empty ({fix})")
+                self.note_shown = True
+            return None
+        return value
+
+    def period(self, seconds_per_iter, first_iter, last_iter):
+        """Record one logged period (iterations first_iter+1 .. last_iter); returns (tokens/s, MFU or None)."""
+        self.periods.append((first_iter, last_iter, seconds_per_iter * 1000))
+        tokens_per_sec = self.tokens_per_iter / seconds_per_iter
+        return tokens_per_sec, self.mfu(tokens_per_sec)
+
+    def summary(self, start_iter, warmup=5):
+        """The run's speed for summary.json: the median ms per iteration over the logged periods after the first
+        `warmup` iterations of this process (torch.compile, allocator and cache warm-up), and the tokens/s and MFU of
+        that same figure. A run too short to leave the warm-up out says so (speed_includes_warmup)."""
+        steady = [p for p in self.periods if p[0] >= start_iter + warmup]
+        includes_warmup = not steady
+        steady = steady or self.periods
+        if not steady:
+            return {'tokens_per_sec': None, 'ms_per_iter': None, 'mfu': None, 'speed_iters': None,
+                    'speed_includes_warmup': None}
+        ms_per_iter = statistics.median(p[2] for p in steady)
+        tokens_per_sec = self.tokens_per_iter * 1000 / ms_per_iter
+        return {'tokens_per_sec': tokens_per_sec, 'ms_per_iter': ms_per_iter, 'mfu': self.mfu(tokens_per_sec),
+                'speed_iters': [steady[0][0] + 1, steady[-1][1]], 'speed_includes_warmup': includes_warmup}
+
+
+def other_load_cores(load_start, loop_start, dist=None, device='cpu'):
+    """CPU cores that OTHER processes kept busy since (load_start = cpu_seconds(), loop_start = time.time()), on
+    average: speed figures taken while it is well above 0 are not comparable with those of a quiet machine. None
+    without /proc/stat. Collective under DDP (the other ranks are this run, not "other processes")."""
+    import torch
+    load_end, seconds = cpu_seconds(), time.time() - loop_start
+    own = torch.tensor([load_end[1] - load_start[1] if load_start and load_end else 0.0], device=device)
+    if dist:
+        dist.all_reduce(own)
+    if not (load_start and load_end and seconds > 0):
+        return None
+    return round(max(0.0, (load_end[0] - load_start[0] - own.item()) / seconds), 3)
+
+
+def peak_memory_mb(device):
+    """Peak memory of this process: CUDA's allocator peak on a GPU, else the resident set's peak."""
+    import torch
+    if device.startswith('cuda'):
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource   # ru_maxrss is in KB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == 'darwin' else 1024)

@@ -89,7 +89,7 @@ if not start:
 # torch comes only now (1-2 s): everything above fails fast
 import torch  # noqa: E402
 
-from data.dataset import get_tokenizer, load_meta  # noqa: E402
+from data.dataset import dataset_dir, get_tokenizer, load_meta  # noqa: E402
 from model import GPT, GPTConfig, upgrade_model_args  # noqa: E402
 
 if device_problem(device):
@@ -127,7 +127,7 @@ def checkpoint_meta():
     if not dataset:
         fail(f"{ckpt_path} records neither its vocabulary nor its dataset, so its tokens cannot be decoded")
     try:
-        return load_meta(dataset if os.sep in dataset else os.path.join(os.path.dirname(__file__), 'data', dataset))
+        return load_meta(dataset_dir(dataset))
     except (FileNotFoundError, ValueError) as e:
         fail(f"the vocabulary of {ckpt_path} comes from its dataset, which cannot be read: {e}")
 

@@ -34,6 +34,16 @@ def t_interval(values, confidence=CONFIDENCE):
     return {'n': n, 'mean': mean, 'std': std, 'low': mean - half, 'high': mean + half}
 
 
+def std_ratio_interval(n, confidence=CONFIDENCE):
+    """How far the true std may lie from a sample std of n values: the confidence interval of sigma / s, from
+    (n - 1) s^2 / sigma^2 ~ chi-square with n - 1 degrees of freedom (normal data). (low, high); n = 3 gives
+    (0.52, 6.3): an interval from 3 seeds may be half or six times as wide as it should be."""
+    from scipy import stats
+    df = n - 1
+    tail = (1 - confidence) / 2
+    return math.sqrt(df / stats.chi2.ppf(1 - tail, df)), math.sqrt(df / stats.chi2.ppf(tail, df))
+
+
 def verdict(interval):
     """For a difference 'candidate minus baseline' of a loss (lower is better): better / worse when the interval
     excludes 0, not resolved when it includes 0, and no verdict from one seed."""

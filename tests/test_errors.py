@@ -18,6 +18,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,7 +28,8 @@ from data.dataset import load_meta
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_data import load_script  # noqa: E402
-from train_helpers import REPO, env, make_char_dataset, read_log, run_script  # noqa: E402
+from data.dataset import write_token_dataset  # noqa: E402
+from train_helpers import REPO, env, free_port, make_char_dataset, read_log, run_script  # noqa: E402
 
 # the smallest useful run; the walk's flags come after these, so they win
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4', '--max_iters=2',
@@ -63,6 +65,10 @@ def world(tmp_path_factory):
     (root / 'syntax_error.py').write_text("n_layer = 1\nlearning_rate = = 3\n")
     paths['crashing_config'] = str(root / 'crashing.py')
     (root / 'crashing.py').write_text("n_layer = 1\nn_embd = 32 // 0\n")
+    paths['exiting_config'] = str(root / 'exiting.py')   # would end train.py with status 0, having done nothing
+    (root / 'exiting.py').write_text("import sys\nn_layer = 1\nsys.exit(0)\n")
+    paths['bye_config'] = str(root / 'bye.py')
+    (root / 'bye.py').write_text("n_layer = 1\nraise SystemExit('bye')\n")
     return paths
 
 
@@ -136,6 +142,9 @@ CASES = [
     ('train', ['--activation=gleu'], ['activation', 'gelu']),
     ('train', ['{crashing_config}'], ['{crashing_config}:2', 'ZeroDivisionError']),
     ('train', ['{root}/no_such_config.py'], ['no_such_config.py']),
+    ('train', ['{exiting_config}'], ['{exiting_config}:3', 'sys.exit', 'SystemExit(0)']),
+    ('train', ['{bye_config}'], ['{bye_config}:2', "SystemExit('bye')"]),
+    ('train', ['--eval_only=True'], ['eval_only=True', '--init_from=resume']),   # an untrained model's loss
     # sample.py (issue 14's list first)
     ('sample', ['--out_dir={run}', '--start=FILE:{root}/missing.txt'], ['missing.txt']),
     ('sample', ['--out_dir={run}', '--temperature=-1'], ['temperature']),
@@ -253,6 +262,102 @@ def test_an_out_dir_that_cannot_be_written_is_refused(world, tmp_path):
     assert f'out_dir {out} is not writable' in done.stderr
 
 
+NOT_WRITABLE = """
+import os, runpy, sys
+out = os.path.abspath(sys.argv.pop(1))
+real_access = os.access
+def access(path, mode, *args, **kwargs):   # what the kernel answers a non-root user, or anyone on a read-only mount
+    if os.path.abspath(path) == out and mode & os.W_OK:
+        return False
+    return real_access(path, mode, *args, **kwargs)
+os.access = access
+sys.argv = sys.argv[1:]
+sys.path.insert(0, '.')
+runpy.run_path('train.py', run_name='__main__')
+"""
+
+
+def test_an_out_dir_that_cannot_be_written_is_refused_whoever_runs_it(world, tmp_path):
+    """The case above for every user, root included (CI runs as root, where chmod cannot take the right away): the
+    folder is reported not writable, as for another user's folder or a read-only mount."""
+    out = tmp_path / 'not_writable'
+    out.mkdir()
+    wrapper = tmp_path / 'not_writable.py'
+    wrapper.write_text(NOT_WRITABLE)
+    done = run_script([str(wrapper), str(out), *train_args(dict(world, fresh=str(out)))], check=False)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert done.stderr.strip().splitlines() == [f'error: out_dir {out} is not writable by this user; pick another '
+                                                f'--out_dir']
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize('variables, words', [
+    ({'RANK': '0'}, ['RANK=0', 'missing LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT', 'torchrun', 'unset RANK']),
+    ({'RANK': '1', 'WORLD_SIZE': '2'}, ['missing LOCAL_RANK, MASTER_ADDR, MASTER_PORT']),   # printed by rank 1 too
+    ({'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '2', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': 'free'},
+     ['2 processes did not all meet at 127.0.0.1:', 'ddp_timeout=3', 'start every process']),
+], ids=['rank-only', 'rank-1-and-world-size', 'one-of-two-processes'])
+def test_stray_torchrun_variables_are_one_line(variables, words, world, tmp_path):
+    """Left in a shell by an earlier torchrun job: a partial set is named; a complete one without the other processes
+    gives up after ddp_timeout seconds instead of hanging."""
+    variables = {k: str(free_port()) if v == 'free' else v for k, v in variables.items()}
+    out = str(tmp_path / 'out')
+    done = run_script(train_args(dict(world, fresh=out), '--ddp_timeout=3', '--gradient_accumulation_steps=2'),
+                      check=False, extra_env=variables)
+    assert done.returncode == 2 and 'Traceback' not in done.stdout + done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and all(word in last for word in words), last
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize('flags, cause', [
+    (['--learning_rate=3', '--min_lr=0', '--max_iters=8'], 'had not recovered by iter 8'),   # blows up, stays finite
+    (['--learning_rate=1e9', '--decay_lr=False', '--max_iters=40', '--eval_interval=1'], 'non-finite'),
+], ids=['finite-blow-up', 'non-finite-loss'])
+def test_a_run_that_diverged_has_no_result(flags, cause, world, tmp_path):
+    """Exit status 3 and a last line 'diverged: ...' (contracts.md item 3); summary.json says so and reports no best
+    val loss that no checkpoint holds (here: the untrained model's first evaluation); no 'done' line."""
+    out = str(tmp_path / 'out')
+    done = run_script(train_args(dict(world, fresh=out), *flags), check=False)
+    assert done.returncode == 3 and 'Traceback' not in done.stdout + done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith('diverged: ') and cause in last and 'no result' in last and '--learning_rate' in last
+    assert 'done:' not in done.stdout   # no 'done: ..., best val loss ...' as if the run had a result
+    summary = json.load(open(os.path.join(out, 'summary.json')))
+    assert (summary['outcome'], summary['finished'], summary['diverged']) == ('diverged', False, True)
+    assert summary['best_val_loss'] is None and summary['best_iter'] is None
+
+
+def other_text_same_vocabulary(data_dir, into):
+    """The dataset at data_dir, re-prepared from other text with the same characters (as a user's own text prepared
+    under the same name would be): built beside it, then swapped in."""
+    meta = load_meta(data_dir)
+    ids = np.fromfile(os.path.join(data_dir, 'train.bin'), dtype=meta['dtype'])[::-1][:-500].astype(np.uint32)
+    write_token_dataset(into, [ids], tokenizer='char', vocab_size=meta['vocab_size'], source='other text',
+                        chars=meta['chars'])
+
+
+def test_a_resume_on_other_data_is_refused_unless_asked_and_then_announced(world, tmp_path):
+    data = str(tmp_path / 'data')
+    shutil.copytree(world['data'], data)
+    out = str(tmp_path / 'run')
+    run_script(train_args(dict(world, data=data, fresh=out)))   # trained on data, 2 iterations
+    shutil.rmtree(data)
+    other_text_same_vocabulary(world['data'], data)
+    before = snapshot(out)
+    done = run_script(['train.py', f'--out_dir={out}', '--init_from=resume', '--max_iters=4'], check=False)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert 'not the data this run trained on' in last and f'--dataset={data}' in last and "'other text'" in last
+    assert snapshot(out) == before
+    # asked for explicitly: said loudly, and the best val loss starts again (no comparison across datasets)
+    done = run_script(['train.py', f'--out_dir={out}', '--init_from=resume', '--max_iters=4', f'--dataset={data}'])
+    assert 'RESUMING ON OTHER DATA' in done.stdout
+    assert 'iter 4: saved' in done.stdout and 'best so far' in done.stdout.split('iter 4: saved')[1].splitlines()[0]
+    summary = json.load(open(os.path.join(out, 'summary.json')))
+    assert summary['best_iter'] == 4 and summary['best_val_loss'] == summary['final_val_loss']
+
+
 # ----------------------------------------------------------------------------- nothing lost
 
 
@@ -266,15 +371,17 @@ def test_reprepare_with_bad_input_keeps_the_old_dataset(world, prepare_inputs, t
     good = os.path.join(world['root'], 'good.txt')
     assert run_prepare([good, '--name=small'], data_root, monkeypatch, capsys)[0] == 0
     before = snapshot(data_root / 'small')
+    # --overwrite=True: replacing a dataset of another source is allowed here, so what refuses these is the bad input
     for bad in ('bad.jsonl', 'empty.txt'):
-        code, _, err = run_prepare([os.path.join(world['root'], bad), '--name=small'], data_root, monkeypatch, capsys)
+        code, _, err = run_prepare([os.path.join(world['root'], bad), '--name=small', '--overwrite=True'], data_root,
+                                   monkeypatch, capsys)
         assert code != 0 and bad in err
         assert snapshot(data_root / 'small') == before   # no build folder left either
     # --skip_bad_lines skips and counts the bad line instead
     with open(os.path.join(world['root'], 'mixed.jsonl'), 'w') as f:
         f.write('{"text": "%s"}\n{"text": broken\n' % ('a fine line ' * 20))
-    code, _, err = run_prepare([os.path.join(world['root'], 'mixed.jsonl'), '--name=small', '--skip_bad_lines'],
-                               data_root, monkeypatch, capsys)
+    code, _, err = run_prepare([os.path.join(world['root'], 'mixed.jsonl'), '--name=small', '--skip_bad_lines',
+                                '--overwrite=True'], data_root, monkeypatch, capsys)
     assert code == 0 and 'skipped 1 bad .jsonl line' in err and 'mixed.jsonl:2' in err
     assert load_meta(data_root / 'small')['max_token_id'] == load_meta(data_root / 'small')['vocab_size'] - 1
 
@@ -420,9 +527,9 @@ def test_a_diverging_run_keeps_its_good_checkpoints_and_gives_fitting_advice(wor
     shutil.copytree(world['run'], out)
     done = run_script(train_args(dict(world, fresh=out), '--init_from=resume', '--max_iters=40', '--eval_interval=1',
                                  '--learning_rate=1e3', '--decay_lr=False'), check=False)
-    assert done.returncode == 1 and 'Traceback' not in done.stderr
+    assert done.returncode == 3 and 'Traceback' not in done.stderr   # diverged: no result (contracts.md item 3)
     line = done.stderr.strip().splitlines()[-1]
-    assert 'non-finite' in line and 'Last good checkpoint kept' in line
+    assert line.startswith('diverged: ') and 'non-finite' in line and 'Last good checkpoint kept' in line
     assert '--grad_clip=1.0' not in line   # it is already the default
     best = checkpoint.load(os.path.join(out, 'ckpt_best.pt'))
     for name in ('ckpt.pt', 'ckpt_best.pt'):

@@ -2,6 +2,7 @@
 experts, Switch load balancing and router z-loss at ST-MoE's or megablocks' scale, the paper's expert widths, and the
 OLMoE-based paper preset."""
 
+import copy
 import math
 import os
 import sys
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from configurator import read_config_file
+import model
 from model import GPT, MLP, GPTConfig, grouped_matmul, MoE, ffn_hidden_size
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -27,7 +29,7 @@ def moe_config(**overrides):
 
 def naive_moe(moe, x):
     """One token at a time: softmax over all experts, top-k, renormalise if norm_topk, sum the chosen experts' FFN
-    outputs weighted by their router weights."""
+    outputs weighted by their router weights (with per_expert_poly, each expert's own activation)."""
     B, T, C = x.shape
     out = []
     for token in x.reshape(-1, C):
@@ -37,8 +39,9 @@ def naive_moe(moe, x):
             weights = weights / weights.sum()
         y = torch.zeros_like(token)
         for w, e in zip(weights, experts):
+            act = moe.act if moe.acts is None else moe.acts[e]
             h = token @ moe.w_fc[e]
-            h = moe.act(token @ moe.w_gate[e]) * h if moe.gated else moe.act(h.unsqueeze(0)).squeeze(0)
+            h = act(token @ moe.w_gate[e]) * h if moe.gated else act(h.unsqueeze(0)).squeeze(0)
             y = y + w * (h @ moe.w_proj[e])
         out.append(y)
     return torch.stack(out).reshape(B, T, C)
@@ -301,3 +304,154 @@ def test_paper_moe_preset_trains_with_train_py(tmp_path):
 def test_bad_moe_settings_raise_value_error_with_the_fix(overrides, message):
     with pytest.raises(ValueError, match=message):
         moe_config(**overrides)
+
+
+# ---- the fast paths against the per-token loop: grouped matmul (fp32, bf16), compiled, per-expert coefficients
+
+def random_moe(dtype=torch.float32, **overrides):
+    torch.manual_seed(0)
+    moe = MoE(moe_config(**overrides)).to(dtype)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(0, 0.3) if p.dim() > 1 else None
+    return moe
+
+
+def moe_value_and_grads(fn, moe, x, upstream):
+    moe.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y = fn(x)
+    y.backward(upstream)
+    return [y.detach(), x.grad] + [p.grad for p in moe.parameters()]
+
+
+def loop_reference(moe, x, upstream):
+    """The per-token loop in float64 on a float64 copy of moe."""
+    moe64 = copy.deepcopy(moe).double()
+    return moe_value_and_grads(lambda t: naive_moe(moe64, t), moe64, x.double(), upstream.double())
+
+
+def record_grouped_mm_calls(monkeypatch):
+    """Wrap torch's grouped matmul; returns the list of the row counts of its first operand, one per call."""
+    real, rows = model._torch_grouped_mm(), []
+
+    def recording(a, b, offs):
+        rows.append(a.shape[0])
+        return real(a, b, offs=offs)
+
+    monkeypatch.setattr(model, '_torch_grouped_mm', lambda: recording)
+    return rows
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_grouped_matmul_path_equals_the_per_token_loop_outputs_and_gradients(dtype, tolerance, monkeypatch):
+    """fp32 runs the grouped matmul on float32 tensors; bf16 autocast runs it on bf16 ones (the experts' compute dtype);
+    both against the float64 loop. Tolerance relative to each tensor's largest entry."""
+    rows = record_grouped_mm_calls(monkeypatch)
+    moe = random_moe()
+    x, upstream = torch.randn(2, 7, 48), torch.randn(2, 7, 48)
+
+    def forward(t):
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            return moe(t)[0]
+
+    ours = moe_value_and_grads(forward, moe, x, upstream)
+    assert 2 * 7 * 2 in rows                                      # the grouped path ran on the 28 (token, expert) rows
+    for name, a, b in zip(['y', 'x', *dict(moe.named_parameters())], ours, loop_reference(moe, x, upstream)):
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=tolerance * scale, msg=f"{name} differs")
+
+
+def test_compiled_moe_equals_the_per_token_loop_outputs_and_gradients():
+    torch._dynamo.reset()
+    moe = random_moe()
+    compiled = torch.compile(moe, fullgraph=True, backend='aot_eager')
+    x, upstream = torch.randn(2, 7, 48), torch.randn(2, 7, 48)
+    ours = moe_value_and_grads(lambda t: compiled(t)[0], moe, x, upstream)
+    for name, a, b in zip(['y', 'x', *dict(moe.named_parameters())], ours, loop_reference(moe, x, upstream)):
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=1e-5 * b.abs().max().item(), msg=f"{name} differs")
+
+
+@pytest.mark.parametrize("activation", ["polynorm", "polyrelu"])
+def test_per_expert_coefficients_equal_a_loop_with_each_experts_own_coefficients(activation):
+    moe = random_moe(torch.float64, activation=activation, per_expert_poly=True)
+    with torch.no_grad():
+        for e, act in enumerate(moe.acts):                        # every expert its own, different polynomial
+            act.weight.copy_(torch.linspace(-1, 1, act.order, dtype=torch.float64) * (e + 1))
+            act.bias.fill_(0.1 * e)
+    x = torch.randn(2, 5, 48, dtype=torch.float64)
+    upstream = torch.randn_like(x)
+    ours = moe_value_and_grads(lambda t: moe(t)[0], moe, x, upstream)
+    ref = moe_value_and_grads(lambda t: naive_moe(moe, t), moe, x, upstream)
+    for name, a, b in zip(['y', 'x', *dict(moe.named_parameters())], ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=f"{name} differs")
+    assert all(moe.acts[e].weight.grad.abs().sum() > 0 for e in range(4) if e in moe.route(x.reshape(-1, 48))[0])
+
+
+def test_balance_loss_with_non_uniform_router_probabilities_has_its_hand_computed_value():
+    """Two kinds of token: two with router logits (2, 1, 0, -1), one with (0, 0, 3, 0); top-1 sends them to experts 0
+    and 2. Switch loss E Σ_i f_i P_i with f = (2/3, 0, 1/3, 0) and P the mean router probabilities."""
+    moe = MoE(moe_config(n_expert=4, top_k=1)).double()
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[:, 0] = torch.tensor([2.0, 1.0, 0.0, -1.0], dtype=torch.float64)
+        moe.router.weight[:, 1] = torch.tensor([0.0, 0.0, 3.0, 0.0], dtype=torch.float64)
+    x = torch.zeros(1, 3, 48, dtype=torch.float64)
+    x[0, 0, 0] = x[0, 1, 0] = x[0, 2, 1] = 1.0
+    _, (balance, _, load) = moe(x)
+    a = [math.exp(v) for v in (2.0, 1.0, 0.0, -1.0)]
+    b = [math.exp(v) for v in (0.0, 0.0, 3.0, 0.0)]
+    p_a, p_b = [v / sum(a) for v in a], [v / sum(b) for v in b]
+    mean_p = [(2 * pa + pb) / 3 for pa, pb in zip(p_a, p_b)]
+    expected = 4 * (2 / 3 * mean_p[0] + 1 / 3 * mean_p[2])        # = 1.64739...
+    assert load.tolist() == pytest.approx([2 / 3, 0, 1 / 3, 0])
+    assert balance.item() == pytest.approx(expected, rel=1e-6)    # the load fractions are fp32
+    assert abs(expected - 1.0) > 0.5                             # far from the uniform value 1
+
+
+# ---- torch 2.11 compatibility: torch._grouped_mm where F.grouped_mm is missing, the loop where neither runs
+
+def grouped_product_and_grads(a, b, offsets, upstream):
+    a, b = a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+    y = grouped_matmul(a, b, offsets)
+    return [y.detach(), *torch.autograd.grad(y, [a, b], upstream)]
+
+
+def grouped_problem():
+    torch.manual_seed(0)
+    offsets = torch.tensor([5, 5, 12, 16], dtype=torch.int32)      # an expert with no tokens included
+    return torch.randn(16, 32), torch.randn(4, 32, 24), offsets, torch.randn(16, 24)
+
+
+def test_without_f_grouped_mm_torch_private_grouped_mm_gives_the_same_numbers(monkeypatch):
+    """torch 2.8 and 2.9 have only torch._grouped_mm (same arguments): it must be found and used."""
+    problem = grouped_problem()
+    normal = grouped_product_and_grads(*problem)
+    calls = []
+    real = torch._grouped_mm
+    monkeypatch.delattr(F, 'grouped_mm')
+    monkeypatch.setattr(torch, '_grouped_mm', lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    assert model._torch_grouped_mm() is torch._grouped_mm
+    hidden = grouped_product_and_grads(*problem)
+    assert len(calls) >= 3                                          # forward, dA and dB all took it
+    for a, b in zip(normal, hidden):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("how", ["absent", "raises"])
+def test_where_no_grouped_mm_runs_the_per_expert_loop_gives_the_same_numbers(how, monkeypatch):
+    """Neither function (torch < 2.8), or one that raises on this device (torch 2.8 on CPU): the loop, no crash."""
+    problem = grouped_problem()
+    normal = grouped_product_and_grads(*problem)
+    if how == 'absent':
+        monkeypatch.delattr(F, 'grouped_mm')
+        monkeypatch.delattr(torch, '_grouped_mm')
+        assert model._torch_grouped_mm() is None
+    else:
+        def unsupported(*args, **kwargs):
+            raise NotImplementedError("no CPU kernel for grouped_mm")
+        monkeypatch.setattr(F, 'grouped_mm', unsupported)
+    fallback = grouped_product_and_grads(*problem)
+    for a, b in zip(normal, fallback):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert fallback[2][1].abs().sum() == 0                         # the empty expert's gradient

@@ -118,6 +118,10 @@ SKIPS = [   # each returns a reason to skip the command, or None; a skipped comm
     needs_gpu,
     needs_internet,
     needs_gpt2_ranks,
+    lambda cmd: ('the CPU rehearsal runs in tests/test_gpu_check.py (on this checkout, with its results checked)'
+                 if cmd.program == 'gpu_check.py' and cmd.flags.get('device') == 'cpu' else None),
+    lambda cmd: ('needs a CUDA GPU (gpu_check.py checks the CUDA paths)'
+                 if cmd.program == 'gpu_check.py' and cmd.flags.get('device') != 'cpu' else None),
 ]
 
 

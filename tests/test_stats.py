@@ -97,3 +97,13 @@ def test_power_law_fit_recovers_known_parameters():
 
 def test_no_fit_from_fewer_than_four_sizes():
     assert stats.fit_power_law([1e5, 1e6, 1e7], [3.0, 2.5, 2.2]) is None
+
+
+def test_std_ratio_interval_matches_the_chi_square_table():
+    # chi-square quantiles with 2 degrees of freedom from a printed table: 0.05064 (2.5%) and 7.3778 (97.5%)
+    low, high = stats.std_ratio_interval(3)
+    assert low == pytest.approx(math.sqrt(2 / 7.3778), abs=1e-4)
+    assert high == pytest.approx(math.sqrt(2 / 0.05064), abs=1e-3)
+    # and the interval narrows with more seeds: 10 seeds (9 df: 2.700, 19.023)
+    low, high = stats.std_ratio_interval(10)
+    assert (low, high) == (pytest.approx(math.sqrt(9 / 19.023), abs=1e-4), pytest.approx(math.sqrt(9 / 2.700), abs=1e-3))

@@ -34,10 +34,11 @@ def env():
     return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONHASHSEED='0')
 
 
-def run_script(args, check=True, launcher=None):
+def run_script(args, check=True, launcher=None, extra_env=None):
     """Run [launcher...] script args in the repo root; returns the CompletedProcess (text output)."""
     cmd = (launcher or [sys.executable]) + args
-    done = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=REPO, env=dict(env(), **(extra_env or {})), capture_output=True, text=True,
+                          timeout=300)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
@@ -55,3 +56,11 @@ def torchrun_train(nproc, *args):
 def read_log(out_dir, name='log.csv'):
     with open(os.path.join(out_dir, name), newline='') as f:
         return list(csv.DictReader(f))
+
+
+def free_port():
+    """A TCP port nobody listens on right now (for a rendezvous on localhost)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

@@ -15,7 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # repo root
 
-from data.dataset import Progress, run_script, tokenize_documents, write_token_dataset  # noqa: E402
+from data.dataset import (Progress, add_overwrite_flag, run_script, tokenize_documents,  # noqa: E402
+                          write_token_dataset)
 from data.sources import GPT2_VOCAB_SIZE  # noqa: E402
 
 DATASET = 'HuggingFaceFW/fineweb-edu'
@@ -44,11 +45,12 @@ def first_tokens(chunks, max_tokens):
 
 
 def prepare_documents(documents, out_dir, source, shard_tokens=100_000_000, val_tokens=10_000_000,
-                      max_tokens=None, workers=None):
+                      max_tokens=None, workers=None, overwrite=False):
     """Tokenize an iterable of documents (GPT-2 BPE, each ending with <|endoftext|>) into fixed-size shards."""
     chunks = first_tokens(tokenize_documents(documents, 'gpt2', workers=workers), max_tokens)
     return write_token_dataset(out_dir, chunks, tokenizer='gpt2', vocab_size=GPT2_VOCAB_SIZE, source=source,
-                               val_tokens=val_tokens, shard_tokens=shard_tokens, progress=Progress('tokenizing'))
+                               val_tokens=val_tokens, shard_tokens=shard_tokens, progress=Progress('tokenizing'),
+                               overwrite=overwrite)
 
 
 def main():
@@ -58,6 +60,7 @@ def main():
     parser.add_argument('--val_tokens', type=int, default=10_000_000)
     parser.add_argument('--max_tokens', type=int, default=0, help='stop after this many tokens; 0 = whole subset')
     parser.add_argument('--workers', type=int, default=0, help='tokenizer processes; 0 = all cores')
+    add_overwrite_flag(parser)   # another --subset than the dataset there was made from
     args = parser.parse_args()
     for key, low in (('shard_tokens', 1), ('val_tokens', 1), ('max_tokens', 0), ('workers', 0)):
         if getattr(args, key) < low:
@@ -66,7 +69,7 @@ def main():
         parser.error(f"--max_tokens={args.max_tokens} leaves nothing for training after --val_tokens={args.val_tokens}")
     meta = prepare_documents(stream_documents(args.subset), os.path.dirname(os.path.abspath(__file__)),
                              f'{DATASET} ({args.subset}), streamed', args.shard_tokens, args.val_tokens,
-                             args.max_tokens or None, args.workers or None)
+                             args.max_tokens or None, args.workers or None, args.overwrite)
     print(f"train {meta['train_tokens']:,} tokens in {len(meta['train_files'])} shards, val {meta['val_tokens']:,}")
 
 

