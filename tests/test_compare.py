@@ -370,8 +370,10 @@ def test_an_out_dir_that_cannot_be_written_is_one_line(tmp_path):
     places = [a_file / 'out']                                  # under a file: no folder can be made there
     if os.path.isdir('/sys/kernel'):
         places.append('/sys/kernel/nanopoly-out')              # sysfs refuses mkdir even to root: read-only
+    data_dir = make_dataset(tmp_path / 'tiny_char')            # a fresh clone has no prepared dataset
     for place in places:
-        done = run_compare(*TINY, '--max_iters=2', '--activations=gelu', f'--out_dir={place}', check=False)
+        done = run_compare(*TINY, f'--dataset={data_dir}', '--max_iters=2', '--activations=gelu',
+                           f'--out_dir={place}', check=False)
         assert done.returncode == 2, done.stdout + done.stderr
         assert 'Traceback' not in done.stdout + done.stderr
         line = done.stderr.strip()

@@ -27,7 +27,7 @@ import peak_flops
 from data.dataset import load_meta
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_data import load_script  # noqa: E402
+from test_data import run_text_prepare  # noqa: E402
 from data.dataset import write_token_dataset  # noqa: E402
 from train_helpers import REPO, env, free_port, make_char_dataset, read_log, run_script  # noqa: E402
 
@@ -187,20 +187,8 @@ def fill(text, paths):
 
 
 def run_prepare(args, data_root, monkeypatch, capsys):
-    """data/text/prepare.py as `python data/text/prepare.py args` would run it, its data/ root moved to data_root.
-    Returns (exit status, stdout, stderr), with the message of sys.exit('error: ...') on stderr, as Python prints it."""
-    script = load_script('text')
-    monkeypatch.setattr(script, 'DATA_ROOT', data_root)
-    monkeypatch.setattr(sys, 'argv', ['data/text/prepare.py', *args, '--tokenizer=char', '--workers=1'])
-    code = 0
-    try:
-        script.run_script(script.main)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    if isinstance(code, str):
-        err, code = err + code + '\n', 1
-    return code, out, err
+    """data/text/prepare.py on character level, as test_data.run_text_prepare runs it: (exit status, stdout, stderr)."""
+    return run_text_prepare([*args, '--tokenizer=char'], data_root, monkeypatch, capsys)
 
 
 @pytest.fixture(scope='module')

@@ -51,6 +51,10 @@ SMOKE = [   # (program, an argument (or --flag, any value) the command must have
                                                       '--seeds=1,2', '--analysis_batch_size=2']),
     ('compare.py', None, TRAIN + TINY_MODEL + ['--analysis_batch_size=2']),   # --seeds and --activations kept
     ('sample.py', None, ['--max_new_tokens=20']),
+    # a smoke --record=True is not the recording configuration, which bench.py refuses: force it (in the copy)
+    ('bench.py', '--record', ['--force_record=True', '--repeats=1', '--warmup_steps=1', '--modes=eager', '--moe_modes=',
+                              '--matmul_peak=False', '--profile_steps=1', '--n_layer=1', '--n_head=2', '--n_embd=32',
+                              '--block_size=16', '--batch_size=2']),
     ('bench.py', None, ['--repeats=1', '--warmup_steps=1', '--modes=eager', '--moe_modes=', '--matmul_peak=False',
                         '--profile_steps=1', '--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16',
                         '--batch_size=2']),   # eager only: torch.compile is tested in test_model.py

@@ -1,0 +1,87 @@
+"""
+The README's result tables say what the recorded files under assets/ say: every number a reader acts on (means,
+paired differences, interval bounds, verdicts) is checked against the report that produced it, and each interval is
+recomputed from its mean and std (Student t, n - 1 degrees of freedom), so a hand-edited or stale number fails here.
+"""
+import csv
+import math
+import re
+from pathlib import Path
+
+import pytest
+from scipy import stats as scipy_stats
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / 'README.md').read_text(encoding='utf-8')
+NUMBER = r'[−+-]?\d+\.\d+'
+
+
+def number(text):
+    return float(text.replace('−', '-'))
+
+
+def table_after(heading, text):
+    """The rows (lists of cells) of the first markdown table after a heading line that starts with `heading`."""
+    start = text.index(heading)
+    lines = text[start:].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith('|'))
+    rows = []
+    for line in lines[first + 2:]:
+        if not line.startswith('|'):
+            break
+        rows.append([cell.strip() for cell in line.strip('|').split('|')])
+    return rows
+
+
+def tuned_summary_rows():
+    """{activation: cells} of the table in assets/summary_tuned.md (the report the README's tuned table quotes)."""
+    rows = table_after('| activation | lr |', (REPO / 'assets' / 'summary_tuned.md').read_text(encoding='utf-8'))
+    return {row[0]: row for row in rows}
+
+
+def test_the_tuned_table_quotes_its_report():
+    readme_rows = table_after('## Results: each activation at its own learning rate', README)
+    summary = tuned_summary_rows()
+    assert [row[0] for row in readme_rows] == ['GELU', 'SwiGLU', 'PolyReLU', 'PolyNorm']
+    for name, lr, loss, delta, verdict in readme_rows:
+        row = summary[name.lower()]
+        assert float(lr) == float(row[1]), name
+        assert loss == row[4], name                          # "mean ± std" exactly as the report printed it
+        if name == 'GELU':
+            assert delta == 'baseline'
+            continue
+        mean, low, high = (number(x) for x in re.findall(NUMBER, delta))
+        r_mean, r_std, r_low, r_high = (number(x) for x in re.findall(NUMBER, row[5]))
+        assert (mean, low, high) == (r_mean, r_low, r_high), name
+        assert verdict == row[6], name
+
+
+@pytest.mark.parametrize('activation', ['swiglu', 'polyrelu', 'polynorm'])
+def test_each_tuned_interval_is_the_student_t_interval_of_its_differences(activation):
+    """mean ± t(0.975, n-1) * std / sqrt(n) over the n = 3 paired differences, to the 4 printed decimals."""
+    row = tuned_summary_rows()[activation]
+    n = int(row[2])
+    mean, std, low, high = (number(x) for x in re.findall(NUMBER, row[5]))
+    half = scipy_stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+    # the printed mean and std are rounded to 4 decimals, so the bounds may differ by that rounding times t/sqrt(n)
+    slack = 5e-5 * (1 + scipy_stats.t.ppf(0.975, n - 1) / math.sqrt(n)) + 5e-5
+    assert abs((mean - half) - low) <= slack and abs((mean + half) - high) <= slack
+    assert (row[6] == 'better') == (high < 0) and (row[6] == 'worse') == (low > 0)
+
+
+def test_the_scaling_table_quotes_its_csv():
+    rows = {(r['size'], r['activation']): r for r in
+            csv.DictReader(open(REPO / 'assets' / 'scaling_shakespeare_char.csv', encoding='utf-8'))}
+    readme_rows = table_after('| non-embedding params | GELU |', README[README.index('## Scaling'):])
+    assert len(readme_rows) == 4
+    for cells in readme_rows:
+        size = re.search(r'\((\d+x\d+)\)', cells[0]).group(1)
+        gelu = rows[(size, 'gelu')]
+        mean, std = (number(x) for x in re.findall(NUMBER, cells[1]))
+        assert mean == round(float(gelu['final_val_loss_mean']), 4) and std == round(float(gelu['final_val_loss_std']), 4)
+        for activation, cell in zip(('swiglu', 'polyrelu', 'polynorm'), cells[2:]):
+            row = rows[(size, activation)]
+            delta, low, high = (number(x) for x in re.findall(NUMBER, cell))
+            assert delta == round(float(row['delta_val_mean']), 3), (size, activation)
+            assert low == round(float(row['delta_val_ci95_low']), 3), (size, activation)
+            assert high == round(float(row['delta_val_ci95_high']), 3), (size, activation)
