@@ -118,6 +118,25 @@ def write_summary_csv(rows, path):
         writer.writerows(rows)
 
 
+RUN_COLUMNS = ['variant', 'lr', 'seed', 'outcome', 'final_val_loss', 'best_val_loss', 'final_train_loss', 'ms_per_iter',
+               'tokens']
+
+
+def write_runs_csv(runs, lrs, diverged, path):
+    """One row per run, diverged ones included (outcome 'diverged', no numbers): the per-seed numbers behind every
+    mean and interval of summary.csv, so anyone can recompute them (and a README test does) after the runs are gone."""
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+        writer.writeheader()
+        for act, by_seed in per_seed(runs).items():
+            for seed, numbers in sorted(by_seed.items()):
+                writer.writerow({'variant': act, 'lr': lrs.get(act), 'seed': seed, 'outcome': 'finished',
+                                 **{key: numbers[key] for key in RUN_COLUMNS[4:]}})
+        for act, seeds in diverged.items():
+            for seed in sorted(seeds):
+                writer.writerow({'variant': act, 'lr': lrs.get(act), 'seed': seed, 'outcome': DIVERGED})
+
+
 def fmt(row, key, digits=4):
     mean, std = row.get(key, math.nan), row.get(key + '_std', math.nan)
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -350,9 +369,10 @@ def report_comparison(group, command, analysis_batch_size=8):
         if figures.plot_poly_coefficients(runs, out / 'poly_coefficients.png'):
             written.append(out / 'poly_coefficients.png')
     write_summary_csv(rows, out / 'summary.csv')
+    write_runs_csv(runs, group.get('lrs', {}), diverged_seeds, out / 'runs.csv')
     table = write_summary_md(group, rows, runs, partial, diverged, out / 'summary.md', command)
     print(table)
-    print('wrote ' + ', '.join(str(p) for p in written + [out / 'summary.csv', out / 'summary.md']))
+    print('wrote ' + ', '.join(str(p) for p in written + [out / 'summary.csv', out / 'runs.csv', out / 'summary.md']))
     return rows
 
 

@@ -44,11 +44,14 @@ SMOKE = [   # (program, an argument (or --flag, any value) the command must have
     ('compare.py', '--sizes', TRAIN + ['--sizes=1x32,1x64', '--head_size=16', '--block_size=16', '--batch_size=4',
                                        '--activations=gelu,polynorm', '--seeds=1,2', '--analysis_batch_size=2']),
     ('compare.py', 'config/scaling_shakespeare_char.py', TRAIN + ['--sizes=1x32,1x64', '--head_size=16',
-                   '--block_size=16', '--batch_size=4', '--activations=gelu,polynorm', '--seeds=1,2',
-                   '--analysis_batch_size=2']),
+                   '--block_size=16', '--batch_size=4', '--activations=gelu,polynorm', '--seeds=1',
+                   '--analysis_batch_size=2']),   # one seed: a sweep's paired numbers are tested in test_report.py
     # tuning: a 2-rate grid on 2 activations and 2 seeds, so the tuned path and the paired statistics both run
     ('compare.py', '--tune_lr', TRAIN + TINY_MODEL + ['--tune_lr=1e-3,4e-3', '--activations=gelu,polynorm',
                                                       '--seeds=1,2', '--analysis_batch_size=2']),
+    # more seeds: 2 activations x 2 seeds (each seed is a training run; the statistics are tested in test_report.py)
+    ('compare.py', '--seeds', TRAIN + TINY_MODEL + ['--activations=gelu,polynorm', '--seeds=1,2',
+                                                    '--analysis_batch_size=2']),
     ('compare.py', None, TRAIN + TINY_MODEL + ['--analysis_batch_size=2']),   # --seeds and --activations kept
     ('sample.py', None, ['--max_new_tokens=20']),
     # a smoke --record=True is not the recording configuration, which bench.py refuses: force it (in the copy)
@@ -292,7 +295,7 @@ def test_readme_has_commands_and_every_one_gets_a_rule(tmp_path):
     ('torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_small.py', 'skip', 'needs 8 GPUs'),
     ('python train.py config/train_shakespeare_char.py --device=cuda', 'skip', 'needs a GPU'),
     ('python data/shakespeare_char/prepare.py --source=tiny', 'skip', 'needs the internet'),
-    ('python -m pytest -q', 'skip', 'the test suite itself'),
+    ('python -m pytest -q -n 2 --dist loadfile', 'skip', 'the test suite itself'),
     ('pip install datasets', 'skip', 'needs the internet: pip install datasets'),
     ('pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu', 'skip', 'has requirements.txt'),
 ])

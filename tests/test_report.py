@@ -198,6 +198,12 @@ def test_mean_std_and_train_loss_columns_are_the_per_seed_numbers(three_by_three
         tails = [float(np.mean(trains[act, s][-2:])) for s in (1, 2, 3)]
         assert float(rows[act]['final_train_loss']) == pytest.approx(np.mean(tails), abs=1e-6)
         assert rows[act]['diverged'] == '' and rows[act]['n_seeds'] == '3'
+    # runs.csv: one row per run, the very numbers written above
+    per_run = {(r['variant'], int(r['seed'])): r for r in read_rows(out / 'runs.csv')}
+    assert set(per_run) == {(act, s) for act in FINALS for s in (1, 2, 3)}
+    for (act, seed), r in per_run.items():
+        assert float(r['final_val_loss']) == FINALS[act][seed - 1] and r['outcome'] == 'finished'
+        assert float(r['final_train_loss']) == pytest.approx(np.mean(trains[act, seed][-2:]), abs=1e-6)
     markdown = (out / 'summary.md').read_text()
     mean, std = np.mean(FINALS['swiglu']), np.std(FINALS['swiglu'], ddof=1)
     assert f'| {mean:.4f} ± {std:.4f} |' in markdown
@@ -263,6 +269,9 @@ def test_a_diverged_run_is_marked_everywhere_and_left_out_of_every_number(tmp_pa
     assert rows['polynorm']['n_pairs'] == '2'
     assert rows['swiglu']['diverged'] == '1,2,3' and rows['swiglu']['n_seeds'] == '0'
     assert rows['swiglu']['verdict'] == 'diverged' and rows['swiglu']['final_val_loss'] == 'nan'
+    outcomes = {(r['variant'], int(r['seed'])): (r['outcome'], r['final_val_loss']) for r in read_rows(out / 'runs.csv')}
+    assert outcomes[('polynorm', 2)] == ('diverged', '') and outcomes[('swiglu', 3)] == ('diverged', '')
+    assert outcomes[('polynorm', 3)] == ('finished', '1.91') and len(outcomes) == 9
     markdown = (out / 'summary.md').read_text()
     assert ('**Diverged runs, left out of every mean, interval and verdict below: polynorm-s2 (iter 20), '
             'swiglu-s1 (iter 20), swiglu-s2 (iter 20), swiglu-s3 (iter 20).**') in markdown
