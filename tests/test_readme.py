@@ -46,9 +46,12 @@ SMOKE = [   # (program, an argument (or --flag, any value) the command must have
     ('compare.py', 'config/scaling_shakespeare_char.py', TRAIN + ['--sizes=1x32,1x64', '--head_size=16',
                    '--block_size=16', '--batch_size=4', '--activations=gelu,polynorm', '--seeds=1',
                    '--analysis_batch_size=2']),   # one seed: a sweep's paired numbers are tested in test_report.py
-    # tuning: a 2-rate grid on 2 activations and 2 seeds, so the tuned path and the paired statistics both run
+    # the 10-seed headline at fixed rates: 2 of its variants, 1 seed (then its --baseline=swiglu --replot reads them)
+    ('compare.py', 'config/compare_headline.py', TRAIN + TINY_MODEL + [
+        '--variants=gelu:learning_rate=8e-3,swiglu:learning_rate=4e-3', '--seeds=1', '--analysis_batch_size=2']),
+    # tuning: a 2-rate grid on 2 activations and 1 seed (the paired statistics run in the '--seeds' case below)
     ('compare.py', '--tune_lr', TRAIN + TINY_MODEL + ['--tune_lr=1e-3,4e-3', '--activations=gelu,polynorm',
-                                                      '--seeds=1,2', '--analysis_batch_size=2']),
+                                                      '--seeds=1', '--analysis_batch_size=2']),
     # more seeds: 2 activations x 2 seeds (each seed is a training run; the statistics are tested in test_report.py)
     ('compare.py', '--seeds', TRAIN + TINY_MODEL + ['--activations=gelu,polynorm', '--seeds=1,2',
                                                     '--analysis_batch_size=2']),
