@@ -40,7 +40,7 @@ def tuned_summary_rows():
 
 
 def test_the_tuned_table_quotes_its_report():
-    readme_rows = table_after('## Results: each activation at its own learning rate', README)
+    readme_rows = table_after('### Where the rates come from: the 3-seed tuning run', README)
     summary = tuned_summary_rows()
     assert [row[0] for row in readme_rows] == ['GELU', 'SwiGLU', 'PolyReLU', 'PolyNorm']
     for name, lr, loss, delta, verdict in readme_rows:
@@ -85,3 +85,70 @@ def test_the_scaling_table_quotes_its_csv():
             assert delta == round(float(row['delta_val_mean']), 3), (size, activation)
             assert low == round(float(row['delta_val_ci95_low']), 3), (size, activation)
             assert high == round(float(row['delta_val_ci95_high']), 3), (size, activation)
+
+
+# ----------------------------------------------------------------------------- the 10-seed headline
+HEADLINE = '## Results: each activation at its own learning rate, 10 seeds'
+NAMES = {'GELU': 'gelu', 'SwiGLU': 'swiglu', 'PolyReLU': 'polyrelu', 'PolyNorm': 'polynorm'}
+
+
+def headline_losses():
+    """{variant: {seed: final val loss}} from assets/runs_headline.csv (one row per run, as report.py wrote it)."""
+    losses = {}
+    for row in csv.DictReader(open(REPO / 'assets' / 'runs_headline.csv', encoding='utf-8')):
+        assert row['outcome'] == 'finished', row              # a diverged run would need a README line of its own
+        losses.setdefault(row['variant'], {})[int(row['seed'])] = float(row['final_val_loss'])
+    return losses
+
+
+def paired_interval(a, b):
+    """mean, low, high of the Student-t 95% interval of the per-seed differences a - b (same seeds)."""
+    assert a.keys() == b.keys()
+    d = [a[s] - b[s] for s in sorted(a)]
+    n = len(d)
+    mean = sum(d) / n
+    std = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    half = scipy_stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def verdict(low, high):
+    return 'better' if high < 0 else 'worse' if low > 0 else 'not resolved'
+
+
+def test_the_headline_table_is_recomputed_from_the_per_seed_losses():
+    """Every number of the README's 10-seed table, from the 40 per-seed losses: mean ± sample std, and each paired
+    interval against GELU and against SwiGLU (Student t, 9 degrees of freedom), to the printed 4 decimals."""
+    losses = headline_losses()
+    assert sorted(losses) == sorted(NAMES.values()) and all(sorted(v) == list(range(1, 11)) for v in losses.values())
+    rows = table_after(HEADLINE, README)
+    assert [row[0] for row in rows] == list(NAMES)
+    for name, _, loss, *pairs in rows:
+        values = list(losses[NAMES[name]].values())
+        mean, std = (number(x) for x in re.findall(NUMBER, loss))
+        assert mean == round(sum(values) / 10, 4) and std == round(float(scipy_stats.tstd(values)), 4), name
+        for (delta, said), base in zip(zip(pairs[::2], pairs[1::2]), ('gelu', 'swiglu')):
+            if NAMES[name] == base:
+                assert delta == 'baseline', name
+                continue
+            expected = paired_interval(losses[NAMES[name]], losses[base])
+            printed = tuple(number(x) for x in re.findall(NUMBER, delta))
+            assert all(abs(p - e) <= 5e-5 for p, e in zip(printed, expected)) and len(printed) == 3, (name, base)
+            assert said == verdict(*expected[1:]), (name, base)
+
+
+@pytest.mark.parametrize('report, baseline', [('summary_headline.md', 'gelu'),
+                                              ('summary_headline_vs_swiglu.md', 'swiglu')])
+def test_the_headline_reports_say_what_the_readme_says(report, baseline):
+    """The two recorded reports (compare.py --replot with each baseline) print the README's numbers."""
+    summary = {row[0]: row for row in table_after('| activation | lr |', (REPO / 'assets' / report).read_text('utf-8'))}
+    column = 3 if baseline == 'gelu' else 5
+    for row in table_after(HEADLINE, README):
+        cells = summary[NAMES[row[0]]]
+        assert float(row[1]) == float(cells[1]) and cells[2] == '10' and row[2] == cells[4], row[0]
+        if NAMES[row[0]] == baseline:
+            assert cells[5] == 'baseline'
+            continue
+        r_mean, _, r_low, r_high = (number(x) for x in re.findall(NUMBER, cells[5]))
+        assert tuple(number(x) for x in re.findall(NUMBER, row[column])) == (r_mean, r_low, r_high), row[0]
+        assert row[column + 1] == cells[6], row[0]
