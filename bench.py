@@ -6,6 +6,7 @@ Speed and memory of every activation, and of MoE against dense, measured side by
     python bench.py --repeats=3 --activations=gelu,polynorm --modes=eager
     python bench.py config/bench_gpu.py               # GPU: GPT-2-small size, bf16 autocast + torch.compile
     python bench.py --profile=polynorm                # torch.profiler table of one variant's training step
+    python bench.py --activations=gelu,polynorm --poly_orders=1,2,3,4,5,6 --moe_activations=   # cost of the order r
 
 Where the results go. Always to the terminal, and to at most one markdown file:
 - by default out_file (out-bench/bench.md, ignored by git), so a quick or partial run never touches the recorded
@@ -19,7 +20,8 @@ The last line printed names the file written.
 
 What runs. Every activation in --activations in every mode in --modes ('eager', 'compiled' = torch.compile), and MoE
 rows for --moe_activations in --moe_modes, which is empty by default = the same modes as --modes. So --modes=eager
-means no torch.compile at all.
+means no torch.compile at all. With --poly_orders=1,2,... every PolyCom activation runs once per order (rows
+'polynorm-r2 eager', ...), so the cost of the order r is measured in one run, each order paired with GELU per round.
 
 For every variant (activation x eager/compiled, plus MoE) it builds a model and its AdamW optimizer, warms it up, then
 times training steps (forward + backward + AdamW step + zero_grad) ROUND-ROBIN: repeat r times variant 1, 2, ..., n
@@ -48,7 +50,7 @@ from contextlib import nullcontext
 import torch
 
 from configurator import ConfigError, parse_config
-from model import GPT, GPTConfig
+from model import GPT, MAX_POLY_ORDER, GPTConfig, build_activation
 from peak_flops import _cpu_name, cpu_seconds, gpu_peak_flops, measure_cpu_matmul_flops
 
 # -----------------------------------------------------------------------------
@@ -62,6 +64,8 @@ batch_size = 16             # B
 vocab_size = 65             # a fixed character vocabulary (Shakespeare's)
 arch = 'modern'             # 'modern' (RMSNorm + RoPE) or 'gpt2'
 poly_order = 3
+poly_orders = ''            # comma-separated orders r, e.g. '1,2,3,4,5,6': every PolyCom activation (dense and MoE)
+                            # once per order, rows named 'polynorm-r2 eager'; '' = poly_order alone, names without -r
 activations = 'gelu,relu,relu2,swiglu,polyrelu,polynorm'   # comma-separated keys of model.ACTIVATIONS; gelu is the baseline
 modes = 'eager,compiled'    # 'compiled' = torch.compile (inductor) of the model; the optimizer step stays eager
 # mixture of experts against dense: the same model with every FFN an MoE of n_expert experts, top_k routed
@@ -123,6 +127,7 @@ def check_config(cfg):
         for mode in split_list(cfg[key]):
             if mode not in ('eager', 'compiled'):
                 raise ValueError(f"unknown mode {mode!r} in --{key}; valid: eager, compiled")
+    check_poly_orders(cfg)
     if not split_list(cfg['modes']):
         raise ValueError("--modes is empty; use eager, compiled or eager,compiled")
     outside = [m for m in split_list(cfg['moe_modes']) if m not in split_list(cfg['modes'])]
@@ -138,6 +143,29 @@ def check_config(cfg):
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
     if cfg['force_record'] and not cfg['record']:
         raise ValueError("--force_record=True only applies to a recording: add --record=True, or drop --force_record")
+
+
+def takes_order(activation):
+    """True for the PolyCom activations: their module has an order r. The others ignore --poly_order."""
+    return hasattr(build_activation(activation), 'order')
+
+
+def check_poly_orders(cfg):
+    for text in split_list(cfg['poly_orders']):
+        if not text.isdigit() or not 1 <= int(text) <= MAX_POLY_ORDER:
+            raise ValueError(f"--poly_orders={cfg['poly_orders']}: {text!r} is not an order from 1 to {MAX_POLY_ORDER}")
+    named = split_list(cfg['activations']) + split_list(cfg['moe_activations'])
+    if cfg['poly_orders'] and not any(takes_order(a) for a in named):
+        raise ValueError(f"--poly_orders applies to PolyCom activations (polynorm, polyrelu, ...), and "
+                         f"--activations={cfg['activations']} --moe_activations={cfg['moe_activations']} name none")
+
+
+def orders_of(cfg, activation):
+    """The orders activation is measured at: each of --poly_orders for a PolyCom activation, else [None] (a
+    non-PolyCom activation has no order; with --poly_orders empty every variant builds at poly_order, unnamed)."""
+    if cfg['poly_orders'] and takes_order(activation):
+        return [int(r) for r in split_list(cfg['poly_orders'])]
+    return [None]
 
 
 # -----------------------------------------------------------------------------
@@ -176,13 +204,15 @@ def mean_step_seconds(step, n, device):
 
 
 class Variant:
-    def __init__(self, cfg, activation, mode, moe):
-        self.activation, self.mode, self.moe = activation, mode, moe
-        self.name = f"{'moe-' if moe else ''}{activation} {mode}"
+    def __init__(self, cfg, activation, mode, moe, order=None):
+        """order: the PolyCom order r of this variant, named in its row (None: cfg's poly_order, unnamed)."""
+        self.activation, self.mode, self.moe, self.order = activation, mode, moe, order
+        self.key = (activation, order, mode, moe)
+        self.name = f"{'moe-' if moe else ''}{activation}{f'-r{order}' if order else ''} {mode}"
         self.device = cfg['device']
         config = GPTConfig(block_size=cfg['block_size'], vocab_size=cfg['vocab_size'], n_layer=cfg['n_layer'],
                            n_head=cfg['n_head'], n_embd=cfg['n_embd'], activation=activation,
-                           poly_order=cfg['poly_order'], arch=cfg['arch'], init_seed=cfg['seed'],
+                           poly_order=order or cfg['poly_order'], arch=cfg['arch'], init_seed=cfg['seed'],
                            n_expert=cfg['n_expert'] if moe else 0, top_k=cfg['top_k'],
                            expert_hidden=cfg['expert_hidden'])
         self.raw_model = GPT(config, verbose=False).to(self.device)
@@ -256,8 +286,11 @@ def moe_modes_of(cfg):
 
 
 def build_variants(cfg):
-    variants = [Variant(cfg, a, m, False) for m in split_list(cfg['modes']) for a in split_list(cfg['activations'])]
-    variants += [Variant(cfg, a, m, True) for m in moe_modes_of(cfg) for a in split_list(cfg['moe_activations'])]
+    """One Variant per (mode, activation, order) of the dense rows, then the same for the MoE rows."""
+    variants = [Variant(cfg, a, m, False, r) for m in split_list(cfg['modes']) for a in split_list(cfg['activations'])
+                for r in orders_of(cfg, a)]
+    variants += [Variant(cfg, a, m, True, r) for m in moe_modes_of(cfg) for a in split_list(cfg['moe_activations'])
+                 for r in orders_of(cfg, a)]
     return variants
 
 
@@ -273,10 +306,10 @@ def run_benchmark(cfg, log=print):
     variants = build_variants(cfg)
     log(f"{len(variants)} variants: {', '.join(v.name for v in variants)}")
 
-    saved = {}   # (activation, moe) -> bytes per token; eager forward, mode does not matter
+    saved = {}   # (activation, order, moe) -> bytes per token; eager forward, mode does not matter
     for v in variants:
-        if (v.activation, v.moe) not in saved:
-            saved[(v.activation, v.moe)] = saved_bytes_per_token(v)
+        if (v.activation, v.order, v.moe) not in saved:
+            saved[(v.activation, v.order, v.moe)] = saved_bytes_per_token(v)
 
     t0 = time.perf_counter()
     for v in variants:
@@ -333,23 +366,28 @@ def summarize(cfg, variants, saved, peaks, seconds):
         peak_note = (f"float32 matmul measured in each of the {len(peaks)} rounds, median; MFU is paired with the "
                      f"peak of its own round" if peaks else "not measured (--matmul_peak=False), MFU left empty")
         round_peaks = peaks or None
-    by_key = {(v.activation, v.mode, v.moe): v for v in variants}
+    by_key = {v.key: v for v in variants}
+    gelu_saved = saved.get(('gelu', None, False))
     rows, figures = [], {}
     for v in variants:
         step = statistics.median(v.times)
-        baseline = by_key.get(('gelu', v.mode, False))
-        dense = by_key.get((v.activation, v.mode, False))
+        baseline = by_key.get(('gelu', None, v.mode, False))
+        dense = by_key.get((v.activation, v.order, v.mode, False))
         mfu = spread(v.flops_per_token * v.tokens_per_step / (t * p) for t, p in zip(v.times, round_peaks)) \
             if round_peaks else None
         ratio_gelu = spread(paired_ratios(v.times, baseline.times)) if baseline else None
         ratio_dense = spread(paired_ratios(v.times, dense.times)) if v.moe and dense else None
-        saved_ratio = saved[(v.activation, v.moe)] / saved[('gelu', False)] if ('gelu', False) in saved else None
-        rows.append(dict(name=v.name, activation=v.activation, mode=v.mode, moe=v.moe, step_ms=step * 1000,
+        own_saved = saved[(v.activation, v.order, v.moe)]
+        saved_ratio = own_saved / gelu_saved if gelu_saved else None
+        rows.append(dict(name=v.name, activation=v.activation, order=v.order, mode=v.mode, moe=v.moe,
+                         step_ms=step * 1000,
                          step_ms_min=min(v.times) * 1000, tokens_per_sec=v.tokens_per_step / step,
                          mfu=mfu and mfu[0], ratio_gelu=ratio_gelu and ratio_gelu[0],
-                         ratio_dense=ratio_dense and ratio_dense[0], saved_per_token=saved[(v.activation, v.moe)],
+                         ratio_dense=ratio_dense and ratio_dense[0], saved_per_token=own_saved,
                          saved_ratio=saved_ratio, peak_mem_mb=v.peak_mem / 2 ** 20 if v.peak_mem is not None else None,
                          flops_per_token=v.flops_per_token))
+        if v.order not in (None, cfg['poly_order']):
+            continue     # the targets are set at poly_order
         if not v.moe:
             figures[('step_ratio', v.activation, v.mode)] = ratio_gelu
             figures[('mfu', v.activation, v.mode)] = mfu
@@ -443,9 +481,11 @@ def markdown_section(results):
     load_text = (f"other processes used {other:.2f} CPU cores on average while the rounds were timed"
                  if other is not None else 'CPU use of other processes unknown')
     busy = other is not None and other > QUIET_OTHER_LOAD
+    orders = (f"poly_orders {cfg['poly_orders']} (targets at {cfg['poly_order']})" if cfg['poly_orders'] else
+              f"poly_order {cfg['poly_order']}")
     model_text = (f"{cfg['n_layer']} layers, {cfg['n_head']} heads, d = {cfg['n_embd']}, T = {cfg['block_size']}, "
-                  f"B = {cfg['batch_size']}, vocab {cfg['vocab_size']}, arch {cfg['arch']}, poly_order "
-                  f"{cfg['poly_order']}, {cfg['dtype']}; MoE: {cfg['n_expert']} experts, top-{cfg['top_k']}, "
+                  f"B = {cfg['batch_size']}, vocab {cfg['vocab_size']}, arch {cfg['arch']}, {orders}, {cfg['dtype']}; "
+                  f"MoE: {cfg['n_expert']} experts, top-{cfg['top_k']}, "
                   f"expert hidden {'= dense hidden' if cfg['expert_hidden'] == 0 else cfg['expert_hidden']}")
     lines = [
         f"- machine: {m['hardware']}, {m['cores']} cores, {m['threads']} torch threads; torch {m['torch']}, "

@@ -93,6 +93,9 @@ def test_printed_table_lists_every_variant_and_target(results):
     ('--modes=jit', "unknown mode 'jit'"),
     ('--repets=3', "did you mean 'repeats'"),
     ('--modes=eager --moe_modes=compiled', '--moe_modes=compiled asks for compiled, which --modes=eager leaves out'),
+    ('--poly_orders=0', "--poly_orders=0: '0' is not an order from 1 to 8"),
+    ('--poly_orders=2,x', "'x' is not an order from 1 to 8"),
+    ('--activations=gelu,swiglu --moe_activations= --poly_orders=2', '--poly_orders applies to PolyCom activations'),
 ])
 def test_bad_flags_fail_in_one_line(flags, message):
     proc = subprocess.run([sys.executable, 'bench.py', *flags.split()], cwd=ROOT, capture_output=True, text=True,
@@ -110,6 +113,37 @@ def test_modes_decide_compilation_for_every_variant_moe_included(monkeypatch, mo
     assert len(variants) == 3 * len(modes.split(','))            # gelu, polynorm, moe-gelu per mode
     assert len(calls) == compiled
     assert all(v.mode in modes.split(',') for v in variants)
+
+
+def test_poly_orders_measure_every_polycom_activation_once_per_order_in_one_run(tmp_path):
+    # the cost of the order r in one run: PolyCom rows per order (dense and MoE), each built at its own order, each
+    # paired with the one GELU row; non-PolyCom rows once; the targets read only the rows at poly_order
+    cfg = dict(TINY, activations='gelu,polynorm,swiglu', moe_activations='polynorm', poly_orders='2,5')
+    variants = bench.build_variants(cfg)
+    assert [v.name for v in variants] == ['gelu eager', 'polynorm-r2 eager', 'polynorm-r5 eager', 'swiglu eager',
+                                          'moe-polynorm-r2 eager', 'moe-polynorm-r5 eager']
+    assert [v.raw_model.activations()[0].order for v in variants if v.activation == 'polynorm'] == [2, 5, 2, 5]
+    for i, v in enumerate(variants):
+        v.times = [0.1 * (i + 1)] * 3                    # distinct, known step times: each ratio says who it paired
+    saved = {(v.activation, v.order, v.moe): 100.0 + i for i, v in enumerate(variants)}
+    results = bench.summarize(cfg, variants, saved, [], 1.0)
+    rows = {r['name']: r for r in results['rows']}
+    assert rows['polynorm-r5 eager']['ratio_gelu'] == pytest.approx(3.0) and rows['polynorm-r5 eager']['order'] == 5
+    assert rows['moe-polynorm-r5 eager']['ratio_dense'] == pytest.approx(6 / 3)       # its own order's dense row
+    assert rows['moe-polynorm-r2 eager']['ratio_dense'] == pytest.approx(5 / 2)
+    assert rows['polynorm-r2 eager']['saved_per_token'] == 101.0 and rows['swiglu eager']['order'] is None
+    assert ('step_ratio', 'polynorm', 'eager') not in results['figures']                # no row at poly_order 3
+    results = bench.summarize(dict(cfg, poly_order=5), variants, saved, [], 1.0)
+    assert results['figures'][('step_ratio', 'polynorm', 'eager')][0] == pytest.approx(3.0)
+    path = tmp_path / 'bench.md'
+    bench.write_markdown(results, str(path))
+    assert 'poly_orders 2,5 (targets at 5)' in path.read_text() and '| moe-polynorm-r2 eager |' in path.read_text()
+
+
+def test_without_poly_orders_names_carry_no_order_and_build_at_poly_order():
+    variants = bench.build_variants(dict(TINY, poly_order=4))
+    assert [v.name for v in variants] == ['gelu eager', 'polynorm eager', 'moe-gelu eager']
+    assert variants[1].raw_model.activations()[0].order == 4
 
 
 def test_a_quick_run_writes_out_bench_and_leaves_the_recorded_results_alone(monkeypatch, tmp_path, capsys):
