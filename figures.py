@@ -1,7 +1,7 @@
 """
 Every figure of a comparison, drawn with matplotlib (files only, no display) from what report.py read off the runs:
-loss_curves.png, lr_sweep.png, effective_rank.png, layer_cosine.png, poly_coefficients.png, activation_curves.png and
-scaling.png. A diverged run draws no line: its name is in the legend, marked diverged.
+loss_curves.png, lr_sweep.png, paired_deltas.png, effective_rank.png, layer_cosine.png, poly_coefficients.png,
+activation_curves.png and scaling.png. A diverged run draws no line: its name is in the legend, marked diverged.
 """
 import re
 
@@ -174,6 +174,34 @@ def plot_lr_sweep(tuning, colors, path):
     ax.set_title(f"learning-rate sweep, tuning seed {tuning['seed']} (star: chosen; x: diverged)", fontsize=10)
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_paired_deltas(rows, differences, baseline, colors, path):
+    """The verdicts as a picture: one line per variant, its per-seed differences to the baseline (final val loss, same
+    seed) as dots, their mean as a diamond and the paired Student-t 95% interval as a bar, with 0 marked. rows: the
+    summary rows (report.summarize); differences: {variant: {seed: Δ}}. Returns False when no variant has 2 pairs
+    (no interval to draw)."""
+    drawn = [r for r in rows if r['verdict'] not in ('baseline', 'diverged') and r['n_pairs'] >= 2]
+    if not drawn:
+        return False
+    plt, fig, axes = new_figure(1, width=7.0, height=1.2 + 0.45 * len(drawn))
+    ax = axes[0]
+    for y, row in enumerate(reversed(drawn)):
+        act = row['activation']
+        ax.plot(list(differences[act].values()), [y] * len(differences[act]), 'o', ms=3, alpha=0.5,
+                color=colors[act])
+        mean, low, high = row['delta_val_mean'], row['delta_val_ci95_low'], row['delta_val_ci95_high']
+        ax.errorbar([mean], [y], xerr=[[mean - low], [high - mean]], fmt='D', ms=6, capsize=4, color=colors[act])
+        right = max(high, *differences[act].values())                  # the verdict sits right of bar and dots
+        ax.annotate(row['verdict'], (right, y), textcoords='offset points', xytext=(6, -3), fontsize=7)
+    ax.axvline(0, color='k', lw=0.8)
+    ax.set_yticks(range(len(drawn)), [r['activation'] for r in reversed(drawn)])
+    ax.set_xlabel(f'final val loss minus {baseline}\'s, same seed (nats/token)')
+    ax.set_title(f'paired differences to {baseline}: seeds (dots), mean and 95% interval (bar)', fontsize=10)
+    ax.grid(alpha=0.3, axis='x')
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True

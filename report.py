@@ -368,6 +368,11 @@ def report_comparison(group, command, analysis_batch_size=8):
             print('note: no checkpoint or cached analysis.json, skipping the effective-rank / cosine / f(x) figures')
         if figures.plot_poly_coefficients(runs, out / 'poly_coefficients.png'):
             written.append(out / 'poly_coefficients.png')
+        values = {act: {s: n['final_val_loss'] for s, n in by_seed.items()} for act, by_seed in per_seed(runs).items()}
+        differences = {act: stats.paired_differences(v, values[baseline]) for act, v in values.items()
+                       if baseline in values}
+        if figures.plot_paired_deltas(rows, differences, baseline, colors, out / 'paired_deltas.png'):
+            written.append(out / 'paired_deltas.png')
     write_summary_csv(rows, out / 'summary.csv')
     write_runs_csv(runs, group.get('lrs', {}), diverged_seeds, out / 'runs.csv')
     table = write_summary_md(group, rows, runs, partial, diverged, out / 'summary.md', command)

@@ -49,6 +49,14 @@ SMOKE = [   # (program, an argument (or --flag, any value) the command must have
     # the 10-seed headline at fixed rates: 2 of its variants, 1 seed (then its --baseline=swiglu --replot reads them)
     ('compare.py', 'config/compare_headline.py', TRAIN + TINY_MODEL + [
         '--variants=gelu:learning_rate=8e-3,swiglu:learning_rate=4e-3', '--seeds=1', '--analysis_batch_size=2']),
+    # the order r: 2 of its orders (the baseline r = 3 among them), at fixed rates, 1 seed
+    ('compare.py', 'config/compare_order.py', TRAIN + TINY_MODEL + [
+        '--variants=polynorm-r1=polynorm:poly_order=1,polynorm-r3=polynorm:poly_order=3', '--tune_lr=', '--seeds=1',
+        '--analysis_batch_size=2']),
+    # the compositions: the baseline and gated PolyNorm at fixed rates, 1 seed
+    ('compare.py', 'config/compare_compositions.py', TRAIN + TINY_MODEL + [
+        '--variants=swiglu:learning_rate=4e-3,polynorm_glu:learning_rate=4e-3', '--tune_lr=', '--seeds=1',
+        '--analysis_batch_size=2']),
     # tuning: a 2-rate grid on 2 activations and 1 seed (the paired statistics run in the '--seeds' case below)
     ('compare.py', '--tune_lr', TRAIN + TINY_MODEL + ['--tune_lr=1e-3,4e-3', '--activations=gelu,polynorm',
                                                       '--seeds=1', '--analysis_batch_size=2']),

@@ -284,6 +284,42 @@ def test_a_diverged_run_is_marked_everywhere_and_left_out_of_every_number(tmp_pa
     assert 'swiglu: every seed diverged (s1, s2, s3)' in legends
 
 
+def test_the_paired_differences_figure_draws_each_seed_its_mean_and_interval(tmp_path, data, monkeypatch):
+    # the picture of the verdicts must show the same numbers as the table: the per-seed differences to the baseline,
+    # their mean and the Student-t interval; a diverged seed draws nothing, and one seed draws no figure at all
+    drawn = {}
+    save = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        for ax in fig.axes:
+            if ax.get_title().startswith('paired differences to gelu'):
+                drawn['dots'] = sorted(x for line in ax.get_lines() if line.get_marker() == 'o'
+                                       for x in line.get_xdata())
+                drawn['means'] = sorted(x for line in ax.get_lines() if line.get_marker() == 'D'
+                                        for x in line.get_xdata())
+                drawn['labels'] = [t.get_text() for t in ax.get_yticklabels()]
+        return save(fig, *args, **kwargs)
+    monkeypatch.setattr(Figure, 'savefig', spy)
+    out = tmp_path / 'out'
+    for seed, (g, p, s) in enumerate(zip([2.00, 2.02, 2.05], [1.90, 1.95, 1.91], [2.01, 2.00, 2.04]), start=1):
+        write_run(out / f'gelu-s{seed}', g)
+        write_run(out / f'polynorm-s{seed}', p)
+        if seed == 3:
+            write_run(out / f'swiglu-s{seed}', 9.0, finished=False, diverged=True, outcome='diverged')
+        else:
+            write_run(out / f'swiglu-s{seed}', s)
+    replot(out, data, '--activations=gelu,polynorm,swiglu', '--seeds=1,2,3')
+    d_poly, d_swi = [1.90 - 2.00, 1.95 - 2.02, 1.91 - 2.05], [2.01 - 2.00, 2.00 - 2.02]
+    assert drawn['dots'] == pytest.approx(sorted(d_poly + d_swi), abs=1e-12)
+    assert drawn['means'] == pytest.approx(sorted([np.mean(d_poly), np.mean(d_swi)]), abs=1e-12)
+    assert drawn['labels'] == ['swiglu', 'polynorm'] and (out / 'paired_deltas.png').exists()
+    one = tmp_path / 'one'
+    write_run(one / 'gelu-s1', 2.0)
+    write_run(one / 'polynorm-s1', 1.9)
+    replot(one, data, '--activations=gelu,polynorm', '--seeds=1')
+    assert not (one / 'paired_deltas.png').exists()
+
+
 # ----------------------------------------------------------------------------- model-size sweeps
 SWEEP = {'1x32': {'gelu': [2.10, 2.13, 2.12], 'polynorm': [1.95, 1.99, 1.96]},
          '2x64': {'gelu': [1.90, 1.93, 1.92], 'polynorm': [1.82, 1.84, 1.85]}}
