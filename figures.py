@@ -198,6 +198,7 @@ def plot_paired_deltas(rows, differences, baseline, colors, path):
         right = max(high, *differences[act].values())                  # the verdict sits right of bar and dots
         ax.annotate(row['verdict'], (right, y), textcoords='offset points', xytext=(6, -3), fontsize=7)
     ax.axvline(0, color='k', lw=0.8)
+    ax.margins(x=0.12)                                                     # room for the verdicts on the right
     ax.set_yticks(range(len(drawn)), [r['activation'] for r in reversed(drawn)])
     ax.set_xlabel(f'final val loss minus {baseline}\'s, same seed (nats/token)')
     ax.set_title(f'paired differences to {baseline}: seeds (dots), mean and 95% interval (bar)', fontsize=10)

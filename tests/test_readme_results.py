@@ -152,3 +152,58 @@ def test_the_headline_reports_say_what_the_readme_says(report, baseline):
         r_mean, _, r_low, r_high = (number(x) for x in re.findall(NUMBER, cells[5]))
         assert tuple(number(x) for x in re.findall(NUMBER, row[column])) == (r_mean, r_low, r_high), row[0]
         assert row[column + 1] == cells[6], row[0]
+
+
+# ----------------------------------------------------------------------------- the order r and the compositions
+def per_seed_losses(csv_name):
+    """({variant: {seed: final val loss}}, {variant: lr}) from a runs.csv under assets/ (report.py's one row per run)."""
+    losses, rates = {}, {}
+    for row in csv.DictReader(open(REPO / 'assets' / csv_name, encoding='utf-8')):
+        assert row['outcome'] == 'finished', row              # a diverged run would need a README line of its own
+        losses.setdefault(row['variant'], {})[int(row['seed'])] = float(row['final_val_loss'])
+        rates.setdefault(row['variant'], set()).add(float(row['lr']))
+    assert all(len(r) == 1 for r in rates.values()), rates   # one rate per variant: its tuned (or fixed) one
+    return losses, {v: r.pop() for v, r in rates.items()}
+
+
+def check_paired_table(heading, csv_name, baseline, variants, seeds):
+    """A README table whose rows are `variant | lr | mean ± std | Δ vs baseline [CI] | verdict | ...`, recomputed
+    from the per-seed losses: every variant of the csv in the given order, on the given seeds."""
+    losses, rates = per_seed_losses(csv_name)
+    assert list(losses) == variants and all(sorted(v) == seeds for v in losses.values())
+    rows = table_after(heading, README)
+    assert [row[0].strip('`') for row in rows] == variants
+    for name, lr, loss, delta, said, *_ in rows:
+        name = name.strip('`')
+        values = [losses[name][s] for s in seeds]
+        mean, std = (number(x) for x in re.findall(NUMBER, loss))
+        assert mean == round(sum(values) / len(values), 4) and std == round(float(scipy_stats.tstd(values)), 4), name
+        assert float(lr) == rates[name], name
+        if name == baseline:
+            assert delta == 'baseline', name
+            continue
+        expected = paired_interval(losses[name], losses[baseline])
+        printed = tuple(number(x) for x in re.findall(NUMBER, delta))
+        assert len(printed) == 3 and all(abs(p - e) <= 5e-5 for p, e in zip(printed, expected)), name
+        assert said == verdict(*expected[1:]), name
+    return rows
+
+
+ORDER = '## Results: the order r of PolyNorm'
+ORDERS = [f'polynorm-r{r}' for r in range(1, 7)]
+
+
+def bench_rows(name):
+    """{variant: cells} of the table of a recorded bench.py report under assets/."""
+    return {row[0]: row for row in table_after('| variant |', (REPO / 'assets' / name).read_text('utf-8'))}
+
+
+def test_the_order_table_is_recomputed_from_the_per_seed_losses_and_its_bench_run():
+    rows = check_paired_table(ORDER, 'runs_order.csv', 'polynorm-r3', ORDERS, [1, 2, 3])
+    bench = bench_rows('bench_order.md')
+    for name, *_, eager, compiled, saved in rows:
+        order = name.strip('`')
+        assert eager == bench[f'{order} eager'][5] + '×', name              # the "× GELU" column, same round
+        assert compiled == bench[f'{order} compiled'][5] + '×', name
+        assert saved == bench[f'{order} eager'][7], name                     # saved bytes per token
+
