@@ -3,7 +3,8 @@
 # use it; 2/3 of the width, parameter-matched). The default recipe (config/compare_shakespeare_char.py, given first),
 # each at its own tuned rate, 3 seeds, paired against SwiGLU:
 #   python compare.py config/compare_shakespeare_char.py config/compare_compositions.py
-#       3 new variants x (3 tuning rates + 3 seeds) + 3 x 3 seeds = 27 runs, ~50 min on a quiet 2-core CPU
+#       3 new variants x (3 tuning rates + 3 seeds) + 3 x 3 seeds = 27 runs, ~70 min on a quiet 2-core CPU (the
+#       2-core AMD EPYC of 2026-12-02 takes ~5.5 min per pair of runs); 18 runs, ~50 min, with the headline's copied:
 # SwiGLU, PolyReLU and PolyNorm train at the rates the README's 3-seed tuning chose for them (grid 1e-3 ... 1.6e-2),
 # so their 9 runs are run for run those of the 10-seed headline (config/compare_headline.py, same recipe, same
 # <name>-lr<rate>-s<seed> folders): copy out-headline-10seed/{swiglu-lr0.004,polyrelu-lr0.002,polynorm-lr0.004}-s{1,2,3}
