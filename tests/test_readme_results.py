@@ -207,3 +207,10 @@ def test_the_order_table_is_recomputed_from_the_per_seed_losses_and_its_bench_ru
         assert compiled == bench[f'{order} compiled'][5] + '×', name
         assert saved == bench[f'{order} eager'][7], name                     # saved bytes per token
 
+
+
+def test_r3_of_the_order_runs_reproduces_the_headline_s_polynorm_to_the_last_digit():
+    """The README says r = 3 at 4e-3 is the headline's PolyNorm (same recipe, rate and seeds): the same losses."""
+    order, rates = per_seed_losses('runs_order.csv')
+    assert rates['polynorm-r3'] == 4e-3
+    assert order['polynorm-r3'] == {s: headline_losses()['polynorm'][s] for s in (1, 2, 3)}
