@@ -58,6 +58,11 @@ def per_seed(runs):
     return {act: {r['seed']: run_numbers(r) for r in rs} for act, rs in runs.items()}
 
 
+def per_seed_values(runs, key='final_val_loss'):
+    """{activation: {seed: one number of run_numbers}}: what the paired differences are taken over."""
+    return {act: {s: n[key] for s, n in by_seed.items()} for act, by_seed in per_seed(runs).items()}
+
+
 def summarize(runs, baseline, lrs, diverged=None, order=None, specs=None):
     """One row per variant: means and sample stds over its finished seeds, and the paired comparison with the baseline.
 
@@ -103,8 +108,7 @@ def summarize(runs, baseline, lrs, diverged=None, order=None, specs=None):
 
 def ordering(runs, key='final_val_loss'):
     """The groups of stats.resolved_groups for `key`, from paired differences between every two activations."""
-    numbers = per_seed(runs)
-    values = {act: {s: n[key] for s, n in by_seed.items()} for act, by_seed in numbers.items()}
+    values = per_seed_values(runs, key)
     means = {act: float(np.nanmean(list(v.values()))) for act, v in values.items()}
     groups = stats.resolved_groups(
         means, lambda a, b: stats.t_interval(list(stats.paired_differences(values[a], values[b]).values())))
@@ -368,7 +372,7 @@ def report_comparison(group, command, analysis_batch_size=8):
             print('note: no checkpoint or cached analysis.json, skipping the effective-rank / cosine / f(x) figures')
         if figures.plot_poly_coefficients(runs, out / 'poly_coefficients.png'):
             written.append(out / 'poly_coefficients.png')
-        values = {act: {s: n['final_val_loss'] for s, n in by_seed.items()} for act, by_seed in per_seed(runs).items()}
+        values = per_seed_values(runs)
         differences = {act: stats.paired_differences(v, values[baseline]) for act, v in values.items()
                        if baseline in values}
         if figures.plot_paired_deltas(rows, differences, baseline, colors, out / 'paired_deltas.png'):

@@ -92,13 +92,20 @@ HEADLINE = '## Results: each activation at its own learning rate, 10 seeds'
 NAMES = {'GELU': 'gelu', 'SwiGLU': 'swiglu', 'PolyReLU': 'polyrelu', 'PolyNorm': 'polynorm'}
 
 
-def headline_losses():
-    """{variant: {seed: final val loss}} from assets/runs_headline.csv (one row per run, as report.py wrote it)."""
-    losses = {}
-    for row in csv.DictReader(open(REPO / 'assets' / 'runs_headline.csv', encoding='utf-8')):
+def per_seed_losses(csv_name):
+    """({variant: {seed: final val loss}}, {variant: lr}) from a runs.csv under assets/ (report.py's one row per run)."""
+    losses, rates = {}, {}
+    for row in csv.DictReader(open(REPO / 'assets' / csv_name, encoding='utf-8')):
         assert row['outcome'] == 'finished', row              # a diverged run would need a README line of its own
         losses.setdefault(row['variant'], {})[int(row['seed'])] = float(row['final_val_loss'])
-    return losses
+        rates.setdefault(row['variant'], set()).add(float(row['lr']))
+    assert all(len(r) == 1 for r in rates.values()), rates   # one rate per variant: its tuned (or fixed) one
+    return losses, {v: r.pop() for v, r in rates.items()}
+
+
+def headline_losses():
+    """{variant: {seed: final val loss}} of the 10-seed headline's 40 runs."""
+    return per_seed_losses('runs_headline.csv')[0]
 
 
 def paired_interval(a, b):
@@ -155,17 +162,6 @@ def test_the_headline_reports_say_what_the_readme_says(report, baseline):
 
 
 # ----------------------------------------------------------------------------- the order r and the compositions
-def per_seed_losses(csv_name):
-    """({variant: {seed: final val loss}}, {variant: lr}) from a runs.csv under assets/ (report.py's one row per run)."""
-    losses, rates = {}, {}
-    for row in csv.DictReader(open(REPO / 'assets' / csv_name, encoding='utf-8')):
-        assert row['outcome'] == 'finished', row              # a diverged run would need a README line of its own
-        losses.setdefault(row['variant'], {})[int(row['seed'])] = float(row['final_val_loss'])
-        rates.setdefault(row['variant'], set()).add(float(row['lr']))
-    assert all(len(r) == 1 for r in rates.values()), rates   # one rate per variant: its tuned (or fixed) one
-    return losses, {v: r.pop() for v, r in rates.items()}
-
-
 def check_paired_table(heading, csv_name, baseline, variants, seeds):
     """A README table whose rows are `variant | lr | mean ± std | Δ vs baseline [CI] | verdict | ...`, recomputed
     from the per-seed losses: every variant of the csv in the given order, on the given seeds."""
