@@ -204,9 +204,32 @@ def test_the_order_table_is_recomputed_from_the_per_seed_losses_and_its_bench_ru
         assert saved == bench[f'{order} eager'][7], name                     # saved bytes per token
 
 
-
 def test_r3_of_the_order_runs_reproduces_the_headline_s_polynorm_to_the_last_digit():
     """The README says r = 3 at 4e-3 is the headline's PolyNorm (same recipe, rate and seeds): the same losses."""
     order, rates = per_seed_losses('runs_order.csv')
     assert rates['polynorm-r3'] == 4e-3
     assert order['polynorm-r3'] == {s: headline_losses()['polynorm'][s] for s in (1, 2, 3)}
+
+
+COMPOSITIONS = '## Results: the compositions'
+COMPOSITION_NAMES = ['swiglu', 'polyrelu', 'polyprelu', 'polynorm', 'polyrelunorm', 'polynorm_glu']
+
+
+def test_the_compositions_table_is_recomputed_from_the_per_seed_losses_and_its_bench_run():
+    rows = check_paired_table(COMPOSITIONS, 'runs_compositions.csv', 'swiglu', COMPOSITION_NAMES, [1, 2, 3])
+    bench = bench_rows('bench_compositions.md')
+    for name, *_, eager, compiled, saved in rows:
+        variant = name.strip('`')
+        assert eager == bench[f'{variant} eager'][5] + '×', name            # the "× GELU" column, same round
+        assert compiled == bench[f'{variant} compiled'][5] + '×', name
+        assert saved == bench[f'{variant} eager'][7], name                   # saved bytes per token
+
+
+def test_the_shared_runs_of_the_compositions_are_the_headline_s_own():
+    """SwiGLU, PolyReLU and PolyNorm train at the headline's rates on its recipe and seeds 1-3: the same losses,
+    so the compositions table and the headline's agree on the runs they share."""
+    compositions, rates = per_seed_losses('runs_compositions.csv')
+    headline = headline_losses()
+    for name, rate in (('swiglu', 4e-3), ('polyrelu', 2e-3), ('polynorm', 4e-3)):
+        assert rates[name] == rate, name
+        assert compositions[name] == {s: headline[name][s] for s in (1, 2, 3)}, name
