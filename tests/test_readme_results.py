@@ -194,14 +194,20 @@ def bench_rows(name):
     return {row[0]: row for row in table_after('| variant |', (REPO / 'assets' / name).read_text('utf-8'))}
 
 
+def check_cost_columns(rows, bench_name):
+    """The last three columns of a README results table (step time × GELU eager and compiled, saved bytes per token)
+    are its bench.py run's: the rows `<variant> eager` and `<variant> compiled` of the recorded report."""
+    bench = bench_rows(bench_name)
+    for name, *_, eager, compiled, saved in rows:
+        variant = name.strip('`')
+        assert eager == bench[f'{variant} eager'][5] + '×', name            # the "× GELU" column, same round
+        assert compiled == bench[f'{variant} compiled'][5] + '×', name
+        assert saved == bench[f'{variant} eager'][7], name                   # saved bytes per token
+
+
 def test_the_order_table_is_recomputed_from_the_per_seed_losses_and_its_bench_run():
     rows = check_paired_table(ORDER, 'runs_order.csv', 'polynorm-r3', ORDERS, [1, 2, 3])
-    bench = bench_rows('bench_order.md')
-    for name, *_, eager, compiled, saved in rows:
-        order = name.strip('`')
-        assert eager == bench[f'{order} eager'][5] + '×', name              # the "× GELU" column, same round
-        assert compiled == bench[f'{order} compiled'][5] + '×', name
-        assert saved == bench[f'{order} eager'][7], name                     # saved bytes per token
+    check_cost_columns(rows, 'bench_order.md')
 
 
 def test_r3_of_the_order_runs_reproduces_the_headline_s_polynorm_to_the_last_digit():
@@ -217,12 +223,7 @@ COMPOSITION_NAMES = ['swiglu', 'polyrelu', 'polyprelu', 'polynorm', 'polyrelunor
 
 def test_the_compositions_table_is_recomputed_from_the_per_seed_losses_and_its_bench_run():
     rows = check_paired_table(COMPOSITIONS, 'runs_compositions.csv', 'swiglu', COMPOSITION_NAMES, [1, 2, 3])
-    bench = bench_rows('bench_compositions.md')
-    for name, *_, eager, compiled, saved in rows:
-        variant = name.strip('`')
-        assert eager == bench[f'{variant} eager'][5] + '×', name            # the "× GELU" column, same round
-        assert compiled == bench[f'{variant} compiled'][5] + '×', name
-        assert saved == bench[f'{variant} eager'][7], name                   # saved bytes per token
+    check_cost_columns(rows, 'bench_compositions.md')
 
 
 def test_the_shared_runs_of_the_compositions_are_the_headline_s_own():
