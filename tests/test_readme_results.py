@@ -234,3 +234,14 @@ def test_the_shared_runs_of_the_compositions_are_the_headline_s_own():
     for name, rate in (('swiglu', 4e-3), ('polyrelu', 2e-3), ('polynorm', 4e-3)):
         assert rates[name] == rate, name
         assert compositions[name] == {s: headline[name][s] for s in (1, 2, 3)}, name
+
+
+@pytest.mark.parametrize('a, b', [('polynorm', 'polyprelu'), ('polynorm', 'polyrelu'), ('polyrelunorm', 'polyrelu'),
+                                  ('polyrelunorm', 'polynorm'), ('polyprelu', 'polyrelu'), ('polynorm_glu', 'polynorm')])
+def test_each_pair_the_compositions_text_names_is_recomputed_from_the_per_seed_losses(a, b):
+    """The bullets below the table quote paired differences between compositions, e.g. PolyNorm - PolyPReLU = -0.0310
+    [-0.0437, -0.0183]: each is the Student-t interval of the same runs' per-seed differences, as printed."""
+    losses = per_seed_losses('runs_compositions.csv')[0]
+    mean, low, high = (f'{x:+.4f}'.replace('-', '−') for x in paired_interval(losses[a], losses[b]))
+    section = ' '.join(README[README.index(COMPOSITIONS):README.index('## Scaling')].split())   # lines rejoined
+    assert f'{mean} [{low}, {high}]' in section, (a, b)
