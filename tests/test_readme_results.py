@@ -245,3 +245,92 @@ def test_each_pair_the_compositions_text_names_is_recomputed_from_the_per_seed_l
     mean, low, high = (f'{x:+.4f}'.replace('-', '−') for x in paired_interval(losses[a], losses[b]))
     section = ' '.join(README[README.index(COMPOSITIONS):README.index('## Scaling')].split())   # lines rejoined
     assert f'{mean} [{low}, {high}]' in section, (a, b)
+
+
+# ----------------------------------------------------------------------------- the tuned scaling sweep
+TUNED_SCALING = '### With each rate tuned per size and activation'
+SCALING_SIZES = ['2x64', '3x96', '4x128', '5x160']
+SCALING_NAMES = ['gelu', 'swiglu', 'polyrelu', 'polynorm']
+
+
+def tuned_scaling_runs():
+    """({size: {variant: {seed: final val loss}}}, {size: {variant: lr}}, {size: non-embedding params}) from the
+    sweep's per-seed runs (each size's runs.csv, a size column in front) and its scaling.csv."""
+    folder = REPO / 'assets' / 'scaling_tuned'
+    losses, rates = {}, {}
+    for row in csv.DictReader(open(folder / 'runs.csv', encoding='utf-8')):
+        assert row['outcome'] == 'finished', row              # a diverged run would need a README line of its own
+        losses.setdefault(row['size'], {}).setdefault(row['variant'], {})[int(row['seed'])] = float(row['final_val_loss'])
+        rates.setdefault(row['size'], {}).setdefault(row['variant'], set()).add(float(row['lr']))
+    assert all(len(r) == 1 for by_size in rates.values() for r in by_size.values()), rates
+    params = {row['size']: int(row['non_embedding_params'])
+              for row in csv.DictReader(open(folder / 'scaling.csv', encoding='utf-8'))}
+    return losses, {s: {v: r.pop() for v, r in by_size.items()} for s, by_size in rates.items()}, params
+
+
+def without_rate(cell):
+    """A cell's numbers without its '(lr 1.6e-2)' part, whose mantissa would read as a loss."""
+    return re.sub(r'\(lr [^)]*\)', '', cell)
+
+
+def test_the_tuned_scaling_table_is_recomputed_from_the_per_seed_losses():
+    """Each size's row: GELU's mean ± std and rate, and each activation's paired Δ vs GELU [Student t, 2 df] at its
+    own tuned rate, from the 48 per-seed losses, as printed (3 decimals for the Δ, as in the shared-rate table)."""
+    losses, rates, params = tuned_scaling_runs()
+    assert list(losses) == SCALING_SIZES and list(params) == SCALING_SIZES
+    assert all(list(losses[s]) == SCALING_NAMES and all(sorted(v) == [1, 2, 3] for v in losses[s].values())
+               for s in SCALING_SIZES)
+    rows = table_after(TUNED_SCALING, README)
+    assert [re.search(r'\((\d+x\d+)\)', row[0]).group(1) for row in rows] == SCALING_SIZES
+    for size, (label, gelu, *deltas) in zip(SCALING_SIZES, rows):
+        assert label.startswith(f'{params[size] / 1e6:.2f}M'), size
+        values = list(losses[size]['gelu'].values())
+        mean, std = (number(x) for x in re.findall(NUMBER, without_rate(gelu)))
+        assert mean == round(sum(values) / 3, 4) and std == round(float(scipy_stats.tstd(values)), 4), size
+        for name, cell in zip(SCALING_NAMES, [gelu] + deltas):
+            assert float(re.search(r'lr (\S+?)\)', cell).group(1)) == rates[size][name], (size, name)
+        for name, cell in zip(SCALING_NAMES[1:], deltas):
+            expected = paired_interval(losses[size][name], losses[size]['gelu'])
+            printed = tuple(number(x) for x in re.findall(NUMBER, without_rate(cell)))
+            assert len(printed) == 3 and all(abs(p - e) <= 5e-4 for p, e in zip(printed, expected)), (size, name)
+
+
+def tuned_gap_trend(name):
+    """Least-squares slope of the 12 per-seed differences (name - GELU) against log10 N, with its t interval
+    (10 degrees of freedom): how the gap moves per 10x parameters."""
+    losses, _, params = tuned_scaling_runs()
+    x, y = [], []
+    for size in SCALING_SIZES:
+        for seed, loss in losses[size][name].items():
+            x.append(math.log10(params[size]))
+            y.append(loss - losses[size]['gelu'][seed])
+    fit = scipy_stats.linregress(x, y)
+    half = scipy_stats.t.ppf(0.975, len(y) - 2) * fit.stderr
+    return fit.slope, fit.slope - half, fit.slope + half
+
+
+@pytest.mark.parametrize('name', ['swiglu', 'polyrelu', 'polynorm'])
+def test_each_tuned_trend_the_readme_quotes_is_refitted_from_the_per_seed_losses(name):
+    """The README's slope per 10x parameters and its interval, and the recorded report's, are the least-squares fit
+    of the per-seed paired differences (printed to 3 and 4 decimals)."""
+    slope, low, high = tuned_gap_trend(name)
+    section = ' '.join(README[README.index(TUNED_SCALING):README.index('## What is in here')].split())
+    quoted = f'{slope:+.3f} per 10× parameters, 95% CI [{low:+.3f}, {high:+.3f}]'.replace('-', '−')
+    assert quoted in section, name
+    report = (REPO / 'assets' / 'scaling_tuned' / 'summary.md').read_text('utf-8')
+    line = f'{name} − gelu: {slope:+.4f} per 10x parameters, 95% CI [{low:+.4f}, {high:+.4f}]'.replace('-', '−')
+    assert line in report, name
+
+
+def test_the_edge_checks_the_readme_quotes_are_the_recorded_runs_and_lost():
+    """Each edge choice's one-run-beyond check: the README quotes both seed-0 losses as recorded, the chosen rate is
+    the one the sweep trained (so it was the grid's edge), and the run beyond the edge lost."""
+    rates = tuned_scaling_runs()[1]
+    section = ' '.join(README[README.index(TUNED_SCALING):README.index('## What is in here')].split())
+    rows = list(csv.DictReader(open(REPO / 'assets' / 'scaling_tuned' / 'edge_checks.csv', encoding='utf-8')))
+    assert len(rows) == 3
+    for row in rows:
+        chosen, beyond = float(row['chosen_final_val_loss']), float(row['beyond_final_val_loss'])
+        assert rates[row['size']][row['variant']] == float(row['chosen_lr']), row
+        assert beyond > chosen, row
+        assert f'{beyond:.4f} at ' in section and f'against {chosen:.4f} at ' in section, row
