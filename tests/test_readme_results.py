@@ -332,5 +332,6 @@ def test_the_edge_checks_the_readme_quotes_are_the_recorded_runs_and_lost():
     for row in rows:
         chosen, beyond = float(row['chosen_final_val_loss']), float(row['beyond_final_val_loss'])
         assert rates[row['size']][row['variant']] == float(row['chosen_lr']), row
+        assert float(row['chosen_lr']) in (2e-3, 1.6e-2), row               # an edge of the config's grid
         assert beyond > chosen, row
         assert f'{beyond:.4f} at ' in section and f'against {chosen:.4f} at ' in section, row
