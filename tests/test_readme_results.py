@@ -92,15 +92,23 @@ HEADLINE = '## Results: each activation at its own learning rate, 10 seeds'
 NAMES = {'GELU': 'gelu', 'SwiGLU': 'swiglu', 'PolyReLU': 'polyrelu', 'PolyNorm': 'polynorm'}
 
 
-def per_seed_losses(csv_name):
-    """({variant: {seed: final val loss}}, {variant: lr}) from a runs.csv under assets/ (report.py's one row per run)."""
+def per_seed_losses(csv_name, size=None):
+    """({variant: {seed: final val loss}}, {variant: lr}) from a runs.csv under assets/ (report.py's one row per run);
+    with `size`, only the rows of that size (a sweep's runs.csv has a size column in front)."""
     losses, rates = {}, {}
     for row in csv.DictReader(open(REPO / 'assets' / csv_name, encoding='utf-8')):
+        if size is not None and row['size'] != size:
+            continue
         assert row['outcome'] == 'finished', row              # a diverged run would need a README line of its own
         losses.setdefault(row['variant'], {})[int(row['seed'])] = float(row['final_val_loss'])
         rates.setdefault(row['variant'], set()).add(float(row['lr']))
     assert all(len(r) == 1 for r in rates.values()), rates   # one rate per variant: its tuned (or fixed) one
     return losses, {v: r.pop() for v, r in rates.items()}
+
+
+def section_text(start, end):
+    """The README between two headings, its lines rejoined, so that a quoted number may wrap across lines."""
+    return ' '.join(README[README.index(start):README.index(end)].split())
 
 
 def headline_losses():
@@ -243,7 +251,7 @@ def test_each_pair_the_compositions_text_names_is_recomputed_from_the_per_seed_l
     [-0.0437, -0.0183]: each is the Student-t interval of the same runs' per-seed differences, as printed."""
     losses = per_seed_losses('runs_compositions.csv')[0]
     mean, low, high = (f'{x:+.4f}'.replace('-', '−') for x in paired_interval(losses[a], losses[b]))
-    section = ' '.join(README[README.index(COMPOSITIONS):README.index('## Scaling')].split())   # lines rejoined
+    section = section_text(COMPOSITIONS, '## Scaling')
     assert f'{mean} [{low}, {high}]' in section, (a, b)
 
 
@@ -256,16 +264,10 @@ SCALING_NAMES = ['gelu', 'swiglu', 'polyrelu', 'polynorm']
 def tuned_scaling_runs():
     """({size: {variant: {seed: final val loss}}}, {size: {variant: lr}}, {size: non-embedding params}) from the
     sweep's per-seed runs (each size's runs.csv, a size column in front) and its scaling.csv."""
-    folder = REPO / 'assets' / 'scaling_tuned'
-    losses, rates = {}, {}
-    for row in csv.DictReader(open(folder / 'runs.csv', encoding='utf-8')):
-        assert row['outcome'] == 'finished', row              # a diverged run would need a README line of its own
-        losses.setdefault(row['size'], {}).setdefault(row['variant'], {})[int(row['seed'])] = float(row['final_val_loss'])
-        rates.setdefault(row['size'], {}).setdefault(row['variant'], set()).add(float(row['lr']))
-    assert all(len(r) == 1 for by_size in rates.values() for r in by_size.values()), rates
     params = {row['size']: int(row['non_embedding_params'])
-              for row in csv.DictReader(open(folder / 'scaling.csv', encoding='utf-8'))}
-    return losses, {s: {v: r.pop() for v, r in by_size.items()} for s, by_size in rates.items()}, params
+              for row in csv.DictReader(open(REPO / 'assets' / 'scaling_tuned' / 'scaling.csv', encoding='utf-8'))}
+    by_size = {size: per_seed_losses('scaling_tuned/runs.csv', size) for size in params}
+    return {s: v[0] for s, v in by_size.items()}, {s: v[1] for s, v in by_size.items()}, params
 
 
 def without_rate(cell):
@@ -314,7 +316,7 @@ def test_each_tuned_trend_the_readme_quotes_is_refitted_from_the_per_seed_losses
     """The README's slope per 10x parameters and its interval, and the recorded report's, are the least-squares fit
     of the per-seed paired differences (printed to 3 and 4 decimals)."""
     slope, low, high = tuned_gap_trend(name)
-    section = ' '.join(README[README.index(TUNED_SCALING):README.index('## What is in here')].split())
+    section = section_text(TUNED_SCALING, '## What is in here')
     quoted = f'{slope:+.3f} per 10× parameters, 95% CI [{low:+.3f}, {high:+.3f}]'.replace('-', '−')
     assert quoted in section, name
     report = (REPO / 'assets' / 'scaling_tuned' / 'summary.md').read_text('utf-8')
@@ -326,7 +328,7 @@ def test_the_edge_checks_the_readme_quotes_are_the_recorded_runs_and_lost():
     """Each edge choice's one-run-beyond check: the README quotes both seed-0 losses as recorded, the chosen rate is
     the one the sweep trained (so it was the grid's edge), and the run beyond the edge lost."""
     rates = tuned_scaling_runs()[1]
-    section = ' '.join(README[README.index(TUNED_SCALING):README.index('## What is in here')].split())
+    section = section_text(TUNED_SCALING, '## What is in here')
     rows = list(csv.DictReader(open(REPO / 'assets' / 'scaling_tuned' / 'edge_checks.csv', encoding='utf-8')))
     assert len(rows) == 3
     for row in rows:
