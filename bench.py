@@ -32,7 +32,7 @@ quartiles of those ratios: a limit that lies between the quartiles is marked bor
 
 MFU = model FLOPs per token (model.flops_per_token()) x tokens/s / peak. The peak on CPU is a float32 matmul measured
 in every repeat of this run (peak_flops.measure_cpu_matmul_flops, interleaved like the variants); on CUDA it is the
-datasheet table in peak_flops.py. Bytes saved for backward are counted over one eager forward of the whole model with
+datasheet table in training/peak_flops.py. Bytes saved for backward are counted over one eager forward of the whole model with
 torch.autograd.graph.saved_tensors_hooks: unique storages, parameters and buffers excluded (they live anyway), divided by B*T.
 
 Performance targets live here (TARGETS), never in timed unit tests.
@@ -50,8 +50,9 @@ from contextlib import nullcontext
 import torch
 
 from configurator import ConfigError, parse_config
+from lab.analysis import mean_step_seconds, train_step
 from model import GPT, MAX_POLY_ORDER, GPTConfig, build_activation
-from peak_flops import _cpu_name, cpu_seconds, gpu_peak_flops, measure_cpu_matmul_flops
+from training.peak_flops import _cpu_name, cpu_seconds, gpu_peak_flops, measure_cpu_matmul_flops
 
 # -----------------------------------------------------------------------------
 # default config values: the CPU config the targets are set for (a small character-level model, random token ids:
@@ -166,37 +167,6 @@ def orders_of(cfg, activation):
     if cfg['poly_orders'] and takes_order(activation):
         return [int(r) for r in split_list(cfg['poly_orders'])]
     return [None]
-
-
-# -----------------------------------------------------------------------------
-# The timing step: one home for bench.py and compare.py's duration estimate (compare.py imports these two)
-
-
-def train_step(model, optimizer, x, y, ctx, micro_steps=1):
-    """One optimizer step as train.py takes it, without gradient clipping: micro_steps forward + backward passes on
-    the (B, T) batch x -> targets y, each objective (cross-entropy + MoE aux losses, 0 for dense) divided by
-    micro_steps so the gradients add up to their mean, then the optimizer step and zero_grad. ctx is the autocast
-    context (or nullcontext) the forward runs in."""
-    for _ in range(micro_steps):
-        with ctx:
-            _, loss, aux = model(x, y, return_aux=True)
-            objective = (loss + aux['aux_total']) / micro_steps
-        objective.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def mean_step_seconds(step, n, device):
-    """Mean wall seconds of n calls of step() (a no-argument callable). CUDA runs asynchronously: synchronize before
-    starting and before stopping the clock, so the time is the work's, not the launch's."""
-    device = str(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.startswith('cuda') else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    sync()
-    return (time.perf_counter() - t0) / n
 
 
 # -----------------------------------------------------------------------------
@@ -359,7 +329,7 @@ def summarize(cfg, variants, saved, peaks, seconds):
     on_cuda = cfg['device'].startswith('cuda')
     if on_cuda:
         name = torch.cuda.get_device_name(torch.device(cfg['device']))
-        peak, peak_note = gpu_peak_flops(name), 'datasheet dense bf16 peak (peak_flops.py)'
+        peak, peak_note = gpu_peak_flops(name), 'datasheet dense bf16 peak (training/peak_flops.py)'
         round_peaks = [peak] * cfg['repeats'] if peak else None
     else:
         peak = statistics.median(peaks) if peaks else None

@@ -1,6 +1,6 @@
 """
 Compare FFN activations, or variants of them, fairly: train one run per (variant, seed) with train.py, each variant at
-its own tuned learning rate if asked, optionally at several model sizes; then report.py draws and tabulates them.
+its own tuned learning rate if asked, optionally at several model sizes; then lab/report.py draws and tabulates them.
 
     python compare.py config/compare_shakespeare_char.py                       # the default 4-way comparison, 1 seed
     python compare.py config/compare_shakespeare_char.py --seeds=1,2,3 --tune_lr=1e-3,2e-3,4e-3,8e-3   # a verdict
@@ -23,12 +23,12 @@ that rate and is not tuned (its folders carry -lr<rate>, as tuned runs do), so "
 What makes the runs comparable:
 - the same `seed` for every variant of a seed: train.py draws its batches from (seed, step), so the data order is
   identical; init_seed = seed, and model.py seeds each parameter from (init_seed, parameter name), so every non-FFN
-  weight starts identical. report.py pairs runs by seed for its intervals;
+  weight starts identical. lab/report.py pairs runs by seed for its intervals;
 - parameter-matched FFNs (model.py's hidden-width rule: SwiGLU has three matrices, so it gets 2/3 of the width);
 - with --tune_lr, each variant at the learning rate that is best FOR IT, chosen on a tuning seed that is not one of
   the comparison seeds (so the reported losses are not the lucky draws the choice was made on).
 
-Where runs land: see runs.py. A run whose summary.json says finished is skipped; a run that diverged (train.py's exit
+Where runs land: see lab/runs.py. A run whose summary.json says finished is skipped; a run that diverged (train.py's exit
 code 3) is recorded as diverged, never retrained, and left out of every number; a run with a ckpt.pt but no finished
 summary is resumed (--init_from=resume), so Ctrl-C and rerunning the same command is safe. Raising --max_iters extends
 finished runs at the end of their schedule (lr stays at min_lr past lr_decay_iters); for a longer schedule use a new
@@ -42,11 +42,9 @@ import re
 import sys
 from pathlib import Path
 
-import analysis
 import configurator
-import report
-import runs
-from runs import read_json
+from lab import analysis, report, runs
+from lab.runs import read_json
 
 
 # -----------------------------------------------------------------------------
@@ -537,7 +535,7 @@ def check_train_settings(plan):
     """Every run's settings as train.py will check them (its settings.problem and model.GPTConfig's rules), and its
     dataset, before anything is recorded or trained: a mistake is one line now, not a failed run later."""
     from model import GPTConfig
-    from settings import problem
+    from training.settings import problem
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     for level in plan.levels:
         for name in plan.acts:
@@ -582,7 +580,7 @@ def main(argv):
 
 def out_dir_lock(out_dir):
     """One compare.py per out_dir: a second one would train every run a second time beside the first."""
-    import checkpoint
+    from training import checkpoint
     try:
         return checkpoint.lock_dir(out_dir, 'compare.py')
     except checkpoint.LockError as e:

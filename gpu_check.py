@@ -286,7 +286,7 @@ def target_results(rows):
 
 def machine_lines():
     import torch
-    from peak_flops import _cpu_name
+    from training.peak_flops import _cpu_name
     try:
         import triton
         triton_version = triton.__version__

@@ -12,8 +12,8 @@ import os
 import sys
 from contextlib import nullcontext
 
-import checkpoint
 from configurator import configure, device_name_problem, device_problem
+from training import checkpoint
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'             # the folder holding ckpt.pt

@@ -9,10 +9,11 @@ Resume:           python train.py --out_dir=out-shakespeare-char --init_from=res
                   (the checkpoint's settings are the defaults; flags you pass win, except for the architecture)
 
 Every knob is a global below with its default; a config file and --key=value flags override them (configurator.py);
-settings.py checks them before torch is imported (a wrong one costs one error line). out_dir (run_folder.py): ckpt.pt
-(the latest good checkpoint), ckpt_best.pt, log.csv, coeffs.csv (PolyCom), moe.csv (MoE), summary.json, .lock. Ctrl-C
-or SIGTERM stops after the current iteration with a checkpoint (a second Ctrl-C stops at once, without saving).
-Exit status: 0 finished, 1 the run went wrong (disk full, ...), 2 bad settings, 3 diverged (divergence.py), 130 stopped.
+training/settings.py checks them before torch is imported (a wrong one costs one error line). out_dir
+(training/run_folder.py): ckpt.pt (the latest good checkpoint), ckpt_best.pt, log.csv, coeffs.csv (PolyCom), moe.csv
+(MoE), summary.json, .lock. Ctrl-C or SIGTERM stops after the current iteration with a checkpoint (a second Ctrl-C stops
+at once, without saving). Exit status: 0 finished, 1 the run went wrong (disk full, ...), 2 bad settings, 3 diverged
+(training/divergence.py), 130 stopped.
 
 Reproducibility: micro-batch positions are a pure function of (seed, step, global micro-step index) (data/dataset.py),
 so a resumed run sees exactly the batches an uninterrupted one would, and N ranks with G/N micro-steps each see the
@@ -25,11 +26,10 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 
-import checkpoint
-import settings
 from configurator import configure
-from processes import StopRequest, say, torchrun_env
-from run_folder import RunFolder, number, resume_command
+from training import checkpoint, settings
+from training.processes import StopRequest, say, torchrun_env
+from training.run_folder import RunFolder, number, resume_command
 
 # -----------------------------------------------------------------------------
 # default config values: a small character-level model that trains on a laptop CPU in minutes
@@ -117,11 +117,11 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
-import peak_flops  # noqa: E402
+from training import peak_flops  # noqa: E402
 from data.dataset import model_vocab_size  # noqa: E402
-from divergence import DivergenceGuard, advice  # noqa: E402
+from training.divergence import DivergenceGuard, advice  # noqa: E402
 from model import GPT, MoE  # noqa: E402
-from processes import choose_device, init_process_group, leave  # noqa: E402
+from training.processes import choose_device, init_process_group, leave  # noqa: E402
 
 resume = run.load_checkpoint() if init_from == 'resume' else None
 if resume is not None:   # the checkpoint's config is the default for every knob the user did not set

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-import analysis
 import compare
-import runs
 from data.dataset import char_vocabulary, write_token_dataset
+from lab import analysis, runs
 from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -526,7 +525,7 @@ def test_tokens_per_param_sets_each_sizes_training_length(tmp_path):
 
 def test_a_second_compare_on_a_busy_out_dir_is_refused_naming_the_holder(tmp_path):
     """Two compare.py on one out_dir would train every run twice: the second stops in one line naming the first."""
-    import checkpoint
+    from training import checkpoint
     out = tmp_path / 'out'
     with checkpoint.lock_dir(str(out), 'compare.py'):        # held by this (live) pytest process
         done = run_compare(*TINY, f'--dataset={make_dataset(tmp_path / "tiny_char")}', '--max_iters=2',

@@ -28,7 +28,7 @@ import model  # noqa: E402
 from model import ACTIVATIONS, GPT, GPTConfig, MoE, build_activation, grouped_matmul  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-import checkpoint  # noqa: E402
+from training import checkpoint  # noqa: E402
 from train_helpers import REPO, TINY, env, make_char_dataset, read_log  # noqa: E402
 
 DEVICE = 'cuda'

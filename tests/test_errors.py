@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import peak_flops
 from data.dataset import load_meta
+from training import checkpoint, peak_flops
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_data import run_text_prepare  # noqa: E402
@@ -461,7 +460,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(world, tmp_path):
 CPU_PEAK_TOO_LOW = """
 import runpy, sys
 sys.path.insert(0, '.')
-import peak_flops
+from training import peak_flops
 peak_flops.measure_cpu_matmul_flops = lambda: 1e3   # as if measured on a machine busy with other work, every time
 sys.argv = sys.argv[1:]
 runpy.run_path('train.py', run_name='__main__')

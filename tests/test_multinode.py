@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-import checkpoint  # noqa: E402
+from training import checkpoint  # noqa: E402
 from train_helpers import REPO, TINY, env, free_port, make_char_dataset, read_log, train  # noqa: E402
 
 # no dropout: its masks are seeded per rank (seed + rank), so they differ from one process's by design

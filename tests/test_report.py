@@ -13,8 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import compare
-import report
-import runs
+from lab import report, runs
 from test_compare import make_dataset
 
 # two-sided 95% Student t quantiles t(0.975, df) from a printed table

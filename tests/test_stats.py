@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-import stats
+from lab import stats
 
 # two-sided 95% Student t quantiles t(0.975, df) from a printed table
 T975 = {1: 12.7062, 2: 4.3027, 4: 2.7764}

@@ -13,12 +13,11 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-import checkpoint  # noqa: E402
-import peak_flops  # noqa: E402
 from configurator import ConfigError, parse_config  # noqa: E402
 from data.dataset import TokenDataset  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from run_folder import resume_command  # noqa: E402
+from training import checkpoint, peak_flops  # noqa: E402
+from training.run_folder import resume_command  # noqa: E402
 from train_helpers import make_char_dataset, read_log, run_script, torchrun_train, train  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import sys
 from collections import namedtuple
 
 from configurator import device_name_problem
-from processes import fail, say
+from training.processes import fail, say
 
 AT_LEAST_ONE = ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
                 'log_interval', 'n_layer', 'n_head', 'n_embd')

@@ -105,7 +105,7 @@ def activation_curves(model, idx, n_points=2000, grid_points=200):
 def analyze_run(run_dir, batch_size):
     """Load <run_dir>/ckpt.pt and compute everything the figures need; the result is cached in analysis.json."""
     import torch
-    import checkpoint
+    from training import checkpoint
     from model import ACTIVATIONS, GPTConfig, GPT, upgrade_model_args
     ckpt = checkpoint.load(str(run_dir / 'ckpt.pt'), map_location='cpu', required=('model', 'model_args'))
     config = GPTConfig(**upgrade_model_args(ckpt['model_args']))      # older checkpoints spell out their widths
@@ -146,7 +146,7 @@ def first_int(name):
 def ensure_analyses(runs, batch_size):
     """Compute analysis.json for runs that have a checkpoint newer than their cached analysis. A damaged checkpoint
     costs that run its analyses (said in one line), not the report: its losses come from the logs."""
-    import checkpoint
+    from training import checkpoint
     for act_runs in runs.values():
         for run in act_runs:
             ckpt, cached = run['dir'] / 'ckpt.pt', run['dir'] / 'analysis.json'
@@ -187,7 +187,6 @@ def step_seconds(model, conf, steps=3):
     bench.py's shared timing step and model.py's optimizer builder, train.py's batch shape and precision."""
     import contextlib
     import torch
-    from bench import mean_step_seconds, train_step
     device = str(conf.get('device', 'auto'))
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
     model = model.to(device)
@@ -204,3 +203,36 @@ def step_seconds(model, conf, steps=3):
         train_step(model, optimizer, x, x, ctx, micro_steps=conf['gradient_accumulation_steps'])
     step()
     return mean_step_seconds(step, steps, device)
+
+
+# -----------------------------------------------------------------------------
+# The timing step: one home for bench.py and step_seconds above (compare.py's duration estimate)
+
+
+def train_step(model, optimizer, x, y, ctx, micro_steps=1):
+    """One optimizer step as train.py takes it, without gradient clipping: micro_steps forward + backward passes on
+    the (B, T) batch x -> targets y, each objective (cross-entropy + MoE aux losses, 0 for dense) divided by
+    micro_steps so the gradients add up to their mean, then the optimizer step and zero_grad. ctx is the autocast
+    context (or nullcontext) the forward runs in."""
+    for _ in range(micro_steps):
+        with ctx:
+            _, loss, aux = model(x, y, return_aux=True)
+            objective = (loss + aux['aux_total']) / micro_steps
+        objective.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def mean_step_seconds(step, n, device):
+    """Mean wall seconds of n calls of step() (a no-argument callable). CUDA runs asynchronously: synchronize before
+    starting and before stopping the clock, so the time is the work's, not the launch's."""
+    import time
+    import torch
+    device = str(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.startswith('cuda') else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / n

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-import figures
-import stats
-from analysis import ensure_analyses
-from runs import load_runs
+from lab import figures, stats
+from lab.analysis import ensure_analyses
+from lab.runs import load_runs
 
 # other processes using more than this many CPU cores on average during a run make its speed figures incomparable
 LOAD_NOTE_CORES = 0.25

@@ -17,8 +17,8 @@ import os
 import shlex
 import sys
 
-import checkpoint
-from processes import fail
+from training import checkpoint
+from training.processes import fail
 
 RUN_FILES = ('ckpt.pt', 'ckpt_best.pt', 'log.csv', 'coeffs.csv', 'moe.csv', 'summary.json')   # what makes a run
 RESUME_KEYS = ('model', 'optimizer', 'model_args', 'config', 'iter_num', 'tokens', 'best_val_loss', 'rng')

@@ -359,7 +359,7 @@ def load_weights(model, state_dict, path):
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:   # missing/unexpected keys or shapes
-        from processes import fail
+        from training.processes import fail
         fail(f"the weights in {path} do not fit this model.py ({str(e).strip().splitlines()[0]}); it was written by "
              f"another version of the code: train a new run in another --out_dir")
 

@@ -7,8 +7,8 @@ import re
 
 import numpy as np
 
-import stats
-from analysis import first_int
+from lab import stats
+from lab.analysis import first_int
 
 
 def seed_band(logs, column, x_columns=('tokens', 'elapsed_s')):
