@@ -388,8 +388,9 @@ def test_a_locked_out_dir_is_refused_naming_the_other_process(world, tmp_path):
 def test_a_lock_left_by_a_killed_run_is_taken_over_with_its_temp_files(world, tmp_path):
     out = tmp_path / 'run'
     shutil.copytree(world['run'], out)
-    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time, checkpoint; checkpoint.lock_dir(sys.argv[1], '
-                               '"train.py"); print("locked", flush=True); time.sleep(600)', str(out)],
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from training import checkpoint; '
+                               'checkpoint.lock_dir(sys.argv[1], "train.py"); print("locked", flush=True); '
+                               'time.sleep(600)', str(out)],
                               cwd=REPO, env=env(), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == 'locked'
     (out / f'.ckpt.pt.{holder.pid}.tmp').write_bytes(b'half a checkpoint')   # a save that kill -9 cut short
