@@ -25,11 +25,14 @@ What makes the runs comparable:
   identical; init_seed = seed, and model.py seeds each parameter from (init_seed, parameter name), so every non-FFN
   weight starts identical. lab/report.py pairs runs by seed for its intervals;
 - parameter-matched FFNs (model.py's hidden-width rule: SwiGLU has three matrices, so it gets 2/3 of the width);
-- with --tune_lr, each variant at the learning rate that is best FOR IT, chosen on a tuning seed that is not one of
-  the comparison seeds (so the reported losses are not the lucky draws the choice was made on).
+- with --tune_lr, each variant at the learning rate that is best FOR IT: every rate trains on every tuning seed
+  (--tune_seeds, none of them a comparison seed, so the reported losses are not the lucky draws the choice was made
+  on) and the lowest mean final val loss wins (one seed's noise decides less than with one tuning seed).
 
 Where runs land: see lab/runs.py. A run whose summary.json says finished is skipped; a run that diverged (train.py's exit
-code 3) is recorded as diverged, never retrained, and left out of every number; a run with a ckpt.pt but no finished
+code 3) or did not learn (status 4: its final val loss not below the unigram entropy of the training tokens) is
+recorded as such, never retrained, and left out of every number, and compare.py exits with status 1 when every run
+of a variant failed that way; a run with a ckpt.pt but no finished
 summary is resumed (--init_from=resume), so Ctrl-C and rerunning the same command is safe. Raising --max_iters extends
 finished runs at the end of their schedule (lr stays at min_lr past lr_decay_iters); for a longer schedule use a new
 --out_dir.
@@ -43,7 +46,7 @@ import sys
 from pathlib import Path
 
 import configurator
-from lab import analysis, report, runs
+from lab import analysis, report, runs, stats
 from lab.runs import read_json
 
 
@@ -58,7 +61,8 @@ class Settings:
     baseline: str = ''                 # Δ and verdicts are against this variant ('' = the first one)
     tune_lr: str = ''                  # comma-separated peak learning rates to tune over ('' = no tuning: every
                                        # variant trains at train.py's learning_rate, or its own)
-    tune_seed: int = 0                 # the seed of the tuning runs; must not be a comparison seed
+    tune_seeds: str = '0,1000'         # comma-separated seeds every tuning rate trains on (the lowest mean wins);
+                                       # none may be a comparison seed (far from 1, 2, 3, ... so they rarely are)
     sizes: str = ''                    # comma-separated LAYERSxWIDTH model sizes, e.g. '2x64,4x128,6x192'
                                        # ('' = the one model given by the train.py settings)
     head_size: int = 32                # with sizes: n_head = width / head_size
@@ -79,7 +83,9 @@ RESERVED = {'activation': '--variants=a,b,... (or --activations)', 'seed': '--se
 # set per size by --sizes (refused on the command line and in a variant together with it)
 SIZE_KEYS = ('n_layer', 'n_embd', 'n_head', 'ffn_hidden', 'expert_hidden')
 # changing these between two invocations does not change what a run computes (max_iters extends a run)
-HARMLESS_CHANGES = {'max_iters', 'compile', 'log_interval', 'device', 'always_save_checkpoint', 'overwrite'}
+HARMLESS_CHANGES = {'max_iters', 'compile', 'log_interval', 'device', 'always_save_checkpoint', 'overwrite',
+                    'check_learned'}
+RENAMED = {'tune_seed': 'tune_seeds'}   # old compare.py settings: refused with the new name, never silently reread
 HERE = Path(__file__).resolve().parent
 NAME_CHARS = r'[A-Za-z0-9_.+-]+'       # a variant's name is a folder name on every OS
 # -----------------------------------------------------------------------------
@@ -126,14 +132,20 @@ def parse_args(argv):
             if key in RESERVED and key not in COMPARE_KEYS:
                 raise CompareError(f"--{key} is set by compare.py for every run; use {RESERVED[key]}")
             command_line.add(key)
-    defaults = dict(train_defaults(), **dataclasses.asdict(Settings()))   # out_dir is compare.py's
+    defaults = dict(train_defaults(), **dataclasses.asdict(Settings()), tune_seed=0)   # out_dir is compare.py's
     try:
         config, explicit = configurator.parse_config(argv, defaults)
     except configurator.ConfigError as e:
         raise CompareError(str(e)) from None
+    for old, new in RENAMED.items():
+        if old in explicit:
+            raise CompareError(f"--{old} is now --{new}, a list: every tuning rate trains on each of its seeds and the "
+                               f"lowest mean wins; write --{new}={config[old]} for one tuning seed (default: "
+                               f"--{new}={Settings.tune_seeds})")
     settings = Settings(**{k: config[k] for k in COMPARE_KEYS})
     # a train config reused as is may set activation or seed: compare.py sets those per run
-    train_settings = {k: config[k] for k in sorted(explicit) if k not in COMPARE_KEYS and k not in RESERVED}
+    train_settings = {k: config[k] for k in sorted(explicit) if k not in COMPARE_KEYS and k not in RESERVED
+                      and k not in RENAMED}
     return settings, train_settings, command_line
 
 
@@ -285,10 +297,16 @@ class Plan:
         self.rates = sorted(as_list(settings.tune_lr, float, 'tune_lr'))
         if any(not (r > 0 and math.isfinite(r)) for r in self.rates):
             raise CompareError(f"--tune_lr={settings.tune_lr!r}: every rate must be a positive number")
-        self.tune_seed = settings.tune_seed
-        if self.rates and self.tune_seed in self.seeds:
-            raise CompareError(f"--tune_seed={self.tune_seed} is also a comparison seed; tuning on a seed that is "
-                               f"then reported would pick each variant's lucky draw: use a seed not in --seeds")
+        self.tune_seeds = as_list(settings.tune_seeds, int, 'tune_seeds')
+        overlap = [s for s in self.tune_seeds if s in self.seeds]
+        if self.rates and overlap:
+            raise CompareError(f"--tune_seeds={settings.tune_seeds} shares {', '.join(map(str, overlap))} with --seeds; "
+                               f"tuning on a seed that is then reported would pick each variant's lucky draw: use "
+                               f"tuning seeds not in --seeds")
+        if self.rates and not self.tune_seeds:
+            raise CompareError('--tune_lr needs at least one tuning seed, e.g. --tune_seeds=0,1000')
+        if any(s < 0 for s in self.seeds + self.tune_seeds):
+            raise CompareError('every seed must be >= 0 (--seeds, --tune_seeds)')
         self.tuned = [a for a in self.acts if self.rates and self.variants[a].lr is None]
         self.explicit_train = dict(train_settings)
         self.train = dict(defaults, **train_settings)
@@ -350,36 +368,45 @@ class Plan:
         return runs.run_dir_of(self.out_dir, name, seed, level['name'], lr, tune)
 
     def tuning(self, level):
-        """Read the tuning runs of one level from disk: {'seed', 'runs': {name: [entries]}, 'chosen', 'edges',
-        'all_diverged', 'fixed'}. A variant's rate is chosen once every rate finished or diverged and one finished:
-        the lowest final val loss, a tie going to the lower rate (the safer one). A diverged rate is never chosen."""
+        """Read the tuning runs of one level from disk: {'seeds', 'runs': {name: [one entry per rate]}, 'chosen',
+        'choices', 'edges', 'all_failed', 'fixed'}. An entry: {'lr', 'status', 'final_val_loss' (mean over the tuning
+        seeds), 'seeds': {seed: {'status', 'final_val_loss', 'dir'}}}. A rate is 'done' when every tuning seed
+        finished and learned, failed ('diverged' / 'did not learn') when one of them did that, else 'partial' or
+        'missing'. A variant's rate is chosen once every rate is done or failed and one is done: the lowest mean
+        (stats.choose_rate, which also gives the margin to the runner-up). A failed rate is never chosen."""
         if not self.rates:
             return None
-        tuning = {'seed': self.tune_seed, 'runs': {}, 'chosen': {}, 'edges': {}, 'all_diverged': [],
+        tuning = {'seeds': self.tune_seeds, 'runs': {}, 'chosen': {}, 'choices': {}, 'edges': {}, 'all_failed': [],
                   'fixed': {a: self.variants[a].lr for a in self.acts if self.variants[a].lr is not None}}
         for act in self.tuned:
-            entries = []
-            for lr in self.rates:
-                run_dir = self.run_dir(act, self.tune_seed, level, lr, tune=True)
-                state = runs.run_state(run_dir, level['max_iters'])
-                summary = read_json(run_dir / 'summary.json') or {}
-                status = {'done': 'done', 'diverged': 'diverged', 'resume': 'partial',
-                          'scratch': 'partial' if (run_dir / 'log.csv').exists() else 'missing'}[state]
-                loss = summary.get('final_val_loss') if status == 'done' else None
-                if status == 'done' and not (isinstance(loss, (int, float)) and math.isfinite(loss)):
-                    status, loss = 'diverged', None
-                entries.append({'lr': lr, 'status': status, 'final_val_loss': loss, 'dir': str(run_dir)})
+            entries = [self.tuning_entry(act, lr, level) for lr in self.rates]
             tuning['runs'][act] = entries
-            done = [e for e in entries if e['status'] == 'done']
-            settled = len(done) + sum(e['status'] == 'diverged' for e in entries) == len(entries)
-            if settled and not done:
-                tuning['all_diverged'].append(act)
-            elif settled:
-                best = min(done, key=lambda e: (e['final_val_loss'], e['lr']))
-                tuning['chosen'][act] = best['lr']
-                if len(self.rates) > 1 and best['lr'] in (self.rates[0], self.rates[-1]):
-                    tuning['edges'][act] = 'lowest' if best['lr'] == self.rates[0] else 'highest'
+            if any(e['status'] in ('partial', 'missing') for e in entries):
+                continue                                   # not settled yet
+            choice = stats.choose_rate({e['lr']: {s: r['final_val_loss'] for s, r in e['seeds'].items()}
+                                        for e in entries if e['status'] == 'done'})
+            if choice is None:
+                tuning['all_failed'].append(act)
+                continue
+            tuning['chosen'][act], tuning['choices'][act] = choice['rate'], choice
+            if len(self.rates) > 1 and choice['rate'] in (self.rates[0], self.rates[-1]):
+                tuning['edges'][act] = 'lowest' if choice['rate'] == self.rates[0] else 'highest'
         return tuning
+
+    def tuning_entry(self, act, lr, level):
+        """One rate of one variant's sweep, over every tuning seed (see tuning)."""
+        seeds = {}
+        for seed in self.tune_seeds:
+            run_dir = self.run_dir(act, seed, level, lr, tune=True)
+            status = runs.run_outcome(run_dir, level['max_iters'])
+            loss = (read_json(run_dir / 'summary.json') or {}).get('final_val_loss') if status != 'missing' else None
+            seeds[seed] = {'status': status, 'final_val_loss': loss, 'dir': str(run_dir)}
+        statuses = [r['status'] for r in seeds.values()]
+        status = next((f for f in runs.FAILED if f in statuses), None) or \
+            ('done' if all(x == 'finished' for x in statuses) else
+             'partial' if any(x != 'missing' for x in statuses) else 'missing')
+        mean = sum(r['final_val_loss'] for r in seeds.values()) / len(seeds) if status == 'done' else None
+        return {'lr': lr, 'status': status, 'final_val_loss': mean, 'seeds': seeds}
 
     def rate_of(self, act, tuning):
         """The peak rate of act's comparison runs: fixed by its variant, tuned, or None (train.py's learning_rate)."""
@@ -433,8 +460,8 @@ def variant_costs(plan, level, group_dir):
 def print_size_plan(plan):
     """Before a sweep starts: each size's parameters, tokens, and an estimate of the whole sweep's duration."""
     conf = plan.train
-    runs_per_level = len(plan.acts) * len(plan.seeds) + len(plan.tuned) * len(plan.rates)
-    tuning = f" + {len(plan.rates)} tuning rates" if plan.rates else ''
+    runs_per_level = len(plan.acts) * len(plan.seeds) + len(plan.tuned) * len(plan.rates) * len(plan.tune_seeds)
+    tuning = f" + {len(plan.rates)} tuning rates x {len(plan.tune_seeds)} tuning seeds" if plan.rates else ''
     print(f"sweep: {len(plan.levels)} sizes x {len(plan.acts)} variants x ({len(plan.seeds)} seeds{tuning}) = "
           f"{runs_per_level * len(plan.levels)} runs")
     total = 0.0
@@ -456,7 +483,8 @@ def print_size_plan(plan):
 def train_all(plan, train_args):
     """Tuning runs first (they decide each variant's rate), then the comparison runs, seed-major, per size."""
     slots = runs.run_slots(plan.train, plan.settings.parallel)
-    total = len(plan.levels) * (len(plan.tuned) * len(plan.rates) + len(plan.acts) * len(plan.seeds))
+    total = len(plan.levels) * (len(plan.tuned) * len(plan.rates) * len(plan.tune_seeds) +
+                                len(plan.acts) * len(plan.seeds))
     counter = iter(range(1, total + 1))
 
     def jobs_for(entries):
@@ -486,7 +514,8 @@ def train_all(plan, train_args):
                              f'(finished runs are skipped, interrupted ones resume)')
 
     if plan.rates:
-        run(jobs_for([(lv, a, plan.tune_seed, r, True) for lv in plan.levels for a in plan.tuned for r in plan.rates]))
+        run(jobs_for([(lv, a, seed, r, True) for lv in plan.levels for seed in plan.tune_seeds for a in plan.tuned
+                      for r in plan.rates]))
     entries = []
     for level in plan.levels:
         tuning = plan.tuning(level)
@@ -495,7 +524,7 @@ def train_all(plan, train_args):
         for seed in plan.seeds:
             for act in plan.acts:
                 if tuning and act in plan.tuned and act not in tuning['chosen']:
-                    continue                        # every rate diverged: said above, no comparison run
+                    continue                        # every rate failed: said above, no comparison run
                 entries.append((level, act, seed, plan.rate_of(act, tuning), False))
     run(jobs_for(entries))
 
@@ -503,13 +532,14 @@ def train_all(plan, train_args):
 def announce_tuning(level, tuning):
     where = f" at {level['name']}" if level['name'] else ''
     chosen = ', '.join(f'{a} {r:g}' for a, r in tuning['chosen'].items())
-    print(f"=== tuned learning rates{where}: {chosen or 'none'}")
+    seeds = ', '.join(map(str, tuning['seeds']))
+    print(f"=== tuned learning rates{where} (lowest mean over tuning seeds {seeds}): {chosen or 'none'}")
     for act, edge in tuning['edges'].items():
         print(f"WARNING: {act}'s best rate{where} ({tuning['chosen'][act]:g}) is the {edge} rate of --tune_lr: its "
               f"optimum may lie beyond the grid; extend --tune_lr past it")
     rates = sorted({t['lr'] for entries in tuning['runs'].values() for t in entries})
-    for act in tuning['all_diverged']:
-        print(f"WARNING{where}: {report.all_diverged_line(act, rates)}")
+    for act in tuning['all_failed']:
+        print(f"WARNING{where}: {report.all_failed_line(act, rates)}")
 
 
 # ----------------------------------------------------------------------------- main
@@ -529,6 +559,22 @@ def write_reports(plan, command):
             announce_tuning(group['level'], group['tuning'])
     if plan.settings.sizes:
         report.report_scaling(groups, rows, Path(plan.out_dir), command)
+    return failed_variants(groups, rows)
+
+
+def failed_variants(groups, rows_per_group):
+    """['polynorm (every run diverged)', ...]: the variants with no result at some level, every comparison run (or
+    every tuning rate) having diverged or learned nothing."""
+    failed = []
+    for group, rows in zip(groups, rows_per_group):
+        where = f" at {group['level']['name']}" if group['level']['name'] else ''
+        tuning = group['tuning'] or {}
+        for act in tuning.get('all_failed', []):
+            failed.append(f"{act}{where} (every tuning rate diverged or did not learn)")
+        for row in rows or []:
+            if row['verdict'] in report.FAILED_VERDICTS:
+                failed.append(f"{row['activation']}{where} (every run: {row['verdict']})")
+    return failed
 
 
 def check_train_settings(plan):
@@ -559,7 +605,7 @@ def main(argv):
     # the command that trains these runs (a --replot of them re-reads what that command wrote)
     command = ' '.join(['python compare.py', *(a for a in argv if a.split('=')[0] not in ('--replot', '--plot_only'))])
     if settings.replot or settings.plot_only:
-        write_reports(plan, command)
+        exit_if_failed(write_reports(plan, command), plan)
         return
     check_activations(plan.variants.values())
     check_train_settings(plan)
@@ -570,12 +616,21 @@ def main(argv):
             if settings.sizes:
                 print_size_plan(plan)
             train_all(plan, train_args)
-            write_reports(plan, command)
+            failed = write_reports(plan, command)
+        exit_if_failed(failed, plan)
     except KeyboardInterrupt:
         runs.stop_running()
         print(f'\ninterrupted: {progress_line(plan.out_dir)}; rerun the same command to continue (finished runs are '
               f'skipped, the interrupted one resumes from its last checkpoint)', file=sys.stderr)
         sys.exit(130)
+
+
+def exit_if_failed(failed, plan):
+    """Exit status 1, one line, when a variant has no result: a comparison without it answers nothing about it."""
+    if failed:
+        print(f"error: no result for {'; '.join(failed)}; see {Path(plan.out_dir) / 'summary.md'}. Lower the learning "
+              f"rate (or tune it: --tune_lr) or train longer", file=sys.stderr)
+        sys.exit(1)
 
 
 def out_dir_lock(out_dir):

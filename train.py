@@ -42,6 +42,8 @@ eval_only = False           # evaluate once and exit
 always_save_checkpoint = True   # if False, checkpoint only when val loss improves (and at the end)
 init_from = 'scratch'       # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 overwrite = False           # a scratch run into an out_dir that holds a run replaces it only when True
+check_learned = True        # a final val loss not below the training tokens' unigram entropy (what token frequencies
+                            # alone give) is no result: exit status 4. False only for smoke runs of a few iterations
 # wandb logging (off by default; wandb is imported only when on)
 wandb_log = False
 wandb_project = 'nanopoly'
@@ -118,7 +120,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from training import peak_flops  # noqa: E402
-from data.dataset import model_vocab_size  # noqa: E402
+from data.dataset import model_vocab_size, unigram_entropy  # noqa: E402
 from training.divergence import DivergenceGuard, advice  # noqa: E402
 from model import GPT, MoE  # noqa: E402
 from training.processes import choose_device, init_process_group, leave  # noqa: E402
@@ -139,6 +141,13 @@ if resume is not None:   # the dataset and block_size may have come from the che
     data = settings.open_dataset(dataset, block_size)
 other_data = resume is not None and settings.check_resumed_dataset(resume, data.meta, dataset, explicit)
 meta, train_data, val_data = data.meta, data.train, data.val
+# a model that learned anything from context beats the unigram entropy (nats/token) of its training tokens
+unigram_loss = unigram_entropy(train_data.data_dir, meta)[0] if check_learned else None
+
+
+def learned(val_loss):
+    """False when check_learned is on and val_loss is not below the unigram entropy: the run learned nothing."""
+    return unigram_loss is None or val_loss is None or val_loss < unigram_loss
 
 
 def get_batch(split, step, micro_step, rank=0, micro_steps_per_rank=1):
@@ -170,8 +179,9 @@ if resume is not None:
     resume = None   # free the memory
 start_iter = iter_num
 if start_iter >= max_iters and not eval_only:   # a finished run resumed with the same max_iters: nothing to train
-    run.nothing_to_train(max_iters, iter=iter_num, tokens=tokens, final_val_loss=final_val_loss, best_iter=best_iter,
-                         best_val_loss=best_val_loss)
+    run.nothing_to_train(max_iters, 'finished' if learned(final_val_loss) else 'did_not_learn', iter=iter_num,
+                         tokens=tokens, final_val_loss=final_val_loss, best_iter=best_iter, best_val_loss=best_val_loss,
+                         unigram_entropy=unigram_loss)
     leave(0)
 model = torch.compile(raw_model) if compile else raw_model   # evaluation uses this one (never the DDP wrapper)
 train_model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None) if ddp else model
@@ -339,11 +349,13 @@ while iter_num < max_iters:
     t_last, iters_since_log = time.time(), 0
 
 # -----------------------------------------------------------------------------
-# how the run ended: finished, diverged (no result: exit status 3) or stopped (Ctrl-C / SIGTERM: status 130)
+# how the run ended: finished, diverged (no result: exit status 3), did not learn (no result: status 4) or stopped
+# (Ctrl-C / SIGTERM: status 130)
 if diverged_because is None and guard.diverged and iter_num >= max_iters:
     diverged_because = (f"the run diverged at iter {guard.since} and had not recovered by iter {iter_num} (last val "
                         f"loss {final_val_loss:.4f})")
-outcome = 'diverged' if diverged_because else 'finished' if iter_num >= max_iters else 'stopped'
+outcome = ('diverged' if diverged_because else 'stopped' if iter_num < max_iters else
+           'finished' if learned(final_val_loss) else 'did_not_learn')
 speed_figures = speed.summary(start_iter)   # medians after the warm-up; collective on CPU (a peak re-measure)
 other_load_cores = peak_flops.other_load_cores(load_start, loop_start, dist if ddp else None, device)
 if master:
@@ -351,10 +363,15 @@ if master:
                       final_val_loss=final_val_loss, best_val_loss=guard.best_val_loss, best_iter=best_iter,
                       other_load_cores=other_load_cores, peak_mem_mb=peak_flops.peak_memory_mb(device),
                       total_params=raw_model.num_params(), active_params=raw_model.num_active_params(),
-                      elapsed_s=elapsed_s, device=device, dtype=dtype, world_size=world_size, **speed_figures)
+                      elapsed_s=elapsed_s, device=device, dtype=dtype, world_size=world_size,
+                      unigram_entropy=unigram_loss, **speed_figures)
 if outcome == 'diverged':
     leave(3, f"diverged: {diverged_because}; it has no result. Last good checkpoint kept: {run.kept()}. Try "
              f"{advice(config)}")
+if outcome == 'did_not_learn':
+    leave(4, f"did not learn: final val loss {final_val_loss:.4f} is not below {unigram_loss:.4f}, the unigram entropy "
+             f"of the training tokens (what token frequencies alone give); it has no result. Try {advice(config)}, "
+             f"or more iterations")
 if outcome == 'stopped':
     stop.exit_interrupted(f"stopped at iter {iter_num}: {run.kept()}. {run.how_to_continue()}", leave)
 leave(0, f"done: {iter_num} iterations, " + (f"best val loss {guard.best_val_loss:.4f} (iter {best_iter})" if best_iter

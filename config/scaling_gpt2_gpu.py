@@ -12,7 +12,7 @@ sizes = '4x256,6x384,8x512,10x640'   # 3.2M, 10.6M, 25.7M, 49.6M non-embedding p
 head_size = 64
 tokens_per_param = 20.0
 tune_lr = '1e-3,2e-3,4e-3'
-tune_seed = 0
+tune_seeds = '0,1000'                # every rate on two tuning seeds, the lowest mean wins
 
 dataset = 'fineweb_edu'
 eval_interval = 200

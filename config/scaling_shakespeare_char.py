@@ -4,7 +4,7 @@
 #   python compare.py config/scaling_shakespeare_char.py                    # -> out-scaling-shakespeare-char/
 # Every size gets parameter-matched FFNs from model.py's width rule (ffn_hidden = 0 at each size). All activations
 # train at one shared learning rate here (tuning per size and activation would take 2.5x as long: add
-# --tune_lr=1e-3,2e-3,4e-3,8e-3 --tune_seed=0 for that). With 4 sizes, report.py fits L(N) = E + A N^-alpha.
+# --tune_lr=1e-3,2e-3,4e-3,8e-3 for that, on tuning seeds 0 and 1000). With 4 sizes, report.py fits L(N) = E + A N^-alpha.
 out_dir = 'out-scaling-shakespeare-char'
 activations = 'gelu,swiglu,polyrelu,polynorm'
 seeds = '1,2'

@@ -1,9 +1,11 @@
 """
 Every figure of a comparison, drawn with matplotlib (files only, no display) from what report.py read off the runs:
 loss_curves.png, lr_sweep.png, paired_deltas.png, effective_rank.png, layer_cosine.png, poly_coefficients.png,
-activation_curves.png and scaling.png. A diverged run draws no line: its name is in the legend, marked diverged.
+activation_curves.png and scaling.png. A run that diverged or did not learn draws no line: its name is in the
+legend, marked as such. Every activation has one colour in every figure (ACTIVATION_COLORS).
 """
 import re
+import zlib
 
 import numpy as np
 
@@ -63,20 +65,67 @@ def integer_ticks(ax, axis='x'):
     (ax.xaxis if axis == 'x' else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
 
 
+# one colour per activation in every figure of every comparison, whatever the order on the command line
+ACTIVATION_COLORS = {'gelu': '#1f77b4', 'swiglu': '#ff7f0e', 'polyrelu': '#2ca02c', 'polynorm': '#d62728',
+                     'relu': '#9467bd', 'silu': '#8c564b', 'relu2': '#e377c2', 'polygelu': '#7f7f7f',
+                     'polysilu': '#bcbd22', 'polyprelu': '#17becf', 'polyrelunorm': '#393b79', 'polynorm_glu': '#843c39'}
+# other variants (polynorm-poly_order2, r5, ...) draw from these, by a hash of their name (the same name, the same
+# colour, unless two variants of one comparison hash alike: then the later one in name order takes the next free one)
+SPARE_COLORS = ['#637939', '#8c6d31', '#7b4173', '#3182bd', '#e6550d', '#31a354', '#756bb1', '#636363', '#fd8d3c',
+                '#74c476', '#9e9ac8', '#969696', '#6baed6', '#fdae6b', '#a1d99b', '#bcbddc', '#ce6dbd', '#e7ba52']
+
+
 def colors_for(acts):
-    import matplotlib
-    cmap = matplotlib.colormaps['tab10']
-    return {act: cmap(i % 10) for i, act in enumerate(acts)}
+    """{variant: colour}: an activation's own colour, else a spare colour chosen by its name."""
+    colors = {a: ACTIVATION_COLORS[a] for a in acts if a in ACTIVATION_COLORS}
+    for act in sorted(a for a in acts if a not in ACTIVATION_COLORS):
+        start = zlib.crc32(act.encode()) % len(SPARE_COLORS)
+        free = [SPARE_COLORS[(start + i) % len(SPARE_COLORS)] for i in range(len(SPARE_COLORS))
+                if SPARE_COLORS[(start + i) % len(SPARE_COLORS)] not in colors.values()]
+        colors[act] = free[0] if free else SPARE_COLORS[start]
+    return colors
 
 
-def plot_loss_curves(runs, colors, path, lrs=None, loaded=False, diverged=None):
+def paired_difference_band(candidate_logs, baseline_logs, column='val_loss'):
+    """The paired difference of a candidate to the baseline over training: at every iteration where each paired seed
+    logged `column` in both runs, the mean over seeds of (candidate - baseline, same seed) and its Student-t 95%
+    interval. candidate_logs, baseline_logs: {seed: log}. Returns {'iter', 'tokens', 'mean', 'low', 'high', 'n'} or
+    None with fewer than 2 paired seeds (no interval)."""
+    seeds = sorted(set(candidate_logs) & set(baseline_logs))
+    if len(seeds) < 2:
+        return None
+    per_seed, common = [], None
+    for seed in seeds:
+        a, b = candidate_logs[seed], baseline_logs[seed]
+        if a is None or b is None or column not in a or column not in b:
+            return None
+        values_a = {int(i): v for i, v in zip(a['iter'], a[column]) if np.isfinite(v)}
+        values_b = {int(i): v for i, v in zip(b['iter'], b[column]) if np.isfinite(v)}
+        diffs = {i: values_a[i] - values_b[i] for i in set(values_a) & set(values_b)}
+        per_seed.append((diffs, dict(zip(b['iter'].astype(int), b['tokens'])) if 'tokens' in b else {}))
+        common = set(diffs) if common is None else common & set(diffs)
+    iters = np.array(sorted(common), dtype=int)
+    if len(iters) == 0:
+        return None
+    values = np.array([[d[i] for i in iters] for d, _ in per_seed])      # (n_seeds, n_points)
+    intervals = [stats.t_interval(values[:, k]) for k in range(len(iters))]
+    tokens = np.array([per_seed[0][1].get(i, np.nan) for i in iters], dtype=float)
+    return {'iter': iters, 'tokens': tokens, 'mean': values.mean(0), 'low': np.array([t['low'] for t in intervals]),
+            'high': np.array([t['high'] for t in intervals]), 'n': len(seeds)}
+
+
+def plot_loss_curves(runs, colors, path, lrs=None, loaded=False, failed=None, baseline=None):
     """Three panels: (a) the whole run vs tokens on a log loss axis, (b) the last 80% of it zoomed in, (c) the same vs
     wall-clock time. Train loss dashed (smoothed), val loss solid; with several seeds, the mean and a ± std band.
-    diverged = {variant: [seeds]}: named in the legend (no line: a blown-up loss is no curve of the recipe)."""
-    plt, fig, axes = new_figure(3, width=6.0, height=4.8)
-    lrs, diverged = lrs or {}, diverged or {}
-    shown = []                                                             # (x fraction, y) of every mean point
+    With 2 or more seeds a fourth, (d): each variant's paired difference to the baseline over training (mean over
+    seeds of val loss minus the baseline's on the same seed, 95% band): the seed-to-seed spread that widens the bands
+    of (a)-(c) is mostly shared by two runs of one seed, so (d) shows a difference the overlapping bands hide.
+    failed = {variant: {seed: 'diverged' / 'did not learn'}}: named in the legend, no line (no curve of the recipe)."""
+    lrs, failed = lrs or {}, failed or {}
     n_max = max(len(rs) for rs in runs.values())
+    differences = paired_difference_bands(runs, baseline) if n_max > 1 and baseline in runs else {}
+    plt, fig, axes = new_figure(4 if differences else 3, width=6.0, height=4.8)
+    shown = []                                                             # (x fraction, y) of every mean point
     for act, act_runs in runs.items():
         logs = [r['log'] for r in act_runs]
         n_seeds = len(act_runs)
@@ -92,7 +141,7 @@ def plot_loss_curves(runs, colors, path, lrs=None, loaded=False, diverged=None):
                     shown += list(zip(train['iter'] / max(train['iter'].max(), 1), mean))
             if val is not None and x_key in val:
                 lr_text = f', lr {lrs[act]:g}' if lrs.get(act) is not None else ''
-                seeds_text = f'{n_seeds} seed{"s" if n_seeds > 1 else ""}{diverged_text(act, diverged)}'
+                seeds_text = f'{n_seeds} seed{"s" if n_seeds > 1 else ""}{failed_text(act, failed)}'
                 label = f'{act} (val{lr_text}, {seeds_text})'
                 ax.plot(val[x_key], val['mean'], '-', lw=1.8, color=colors[act], label=label, marker='.', ms=3)
                 if n_seeds > 1:
@@ -105,23 +154,22 @@ def plot_loss_curves(runs, colors, path, lrs=None, loaded=False, diverged=None):
     if late:
         low, high = min(late), max(late)
         pad = 0.05 * max(high - low, 1e-3)
-        for ax in axes[1:]:
+        for ax in axes[1:3]:
             ax.set_ylim(low - pad, high + pad)
     axes[0].set_yscale('log')
     from matplotlib.ticker import FuncFormatter
     axes[0].yaxis.set_major_formatter(FuncFormatter(lambda value, _: f'{value:g}'))
     axes[0].yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f'{value:g}'))
-    for ax in axes[:2]:
+    for ax in (axes[0], axes[1], *axes[3:]):
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f'{value / 1e6:g}M'))
         ax.set_xlabel('training tokens')
     axes[2].set_xlabel('wall-clock training time (s)')
     for ax in axes:
         ax.set_ylabel('cross-entropy loss (nats/token)')
         ax.grid(alpha=0.3)
-    for act, seeds in diverged.items():
-        if act not in runs:                                                # every seed diverged: a legend entry only
-            seeds_text = ', '.join(f's{s}' for s in seeds)
-            axes[0].plot([], [], 'x', color=colors[act], label=f'{act}: every seed diverged ({seeds_text})')
+    for act, seeds in failed.items():
+        if act not in runs:                                                # every seed failed: a legend entry only
+            axes[0].plot([], [], 'x', color=colors[act], label=f'{act}: no result ({failed_text(act, failed)[2:]})')
     axes[0].plot([], [], 'k--', lw=0.9, label='train (smoothed)')
     axes[0].legend(fontsize=8)
     band = f'mean of {n_max} seeds, band ± std' if n_max > 1 else '1 seed'
@@ -129,39 +177,75 @@ def plot_loss_curves(runs, colors, path, lrs=None, loaded=False, diverged=None):
     axes[1].set_title('(b) last 80% of training, zoomed', fontsize=10)
     axes[2].set_title('(c) vs wall-clock time' + (' — NOT comparable: machine was loaded' if loaded else ''),
                       fontsize=10)
+    if differences:
+        draw_paired_differences(axes[3], differences, colors, baseline)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def diverged_text(act, diverged):
-    """'; s3 diverged' for a legend label, '' when no seed of act diverged."""
-    seeds = diverged.get(act, [])
-    return f"; {', '.join(f's{s}' for s in seeds)} diverged" if seeds else ''
+def paired_difference_bands(runs, baseline):
+    """{variant: paired_difference_band of its val loss to the baseline's} for every variant with 2 paired seeds."""
+    logs = {act: {r['seed']: r['log'] for r in act_runs} for act, act_runs in runs.items()}
+    bands = {act: paired_difference_band(logs[act], logs[baseline]) for act in runs if act != baseline}
+    return {act: band for act, band in bands.items() if band is not None}
+
+
+def draw_paired_differences(ax, differences, colors, baseline):
+    """Panel (d) of loss_curves.png: the mean paired difference and its 95% band per variant, a line at 0. The first
+    evaluations (near ln(vocab) for every model) are left out of the y range, as in (b)."""
+    late = []
+    for act, band in differences.items():
+        ax.plot(band['tokens'], band['mean'], '-', lw=1.6, color=colors[act], marker='.', ms=3,
+                label=f"{act} − {baseline} ({band['n']} seeds)")
+        ax.fill_between(band['tokens'], band['low'], band['high'], color=colors[act], alpha=0.2, lw=0)
+        keep = band['iter'] >= 0.2 * band['iter'].max()
+        late += [*band['low'][keep], *band['high'][keep]]
+    ax.axhline(0, color='k', lw=0.8)
+    late = [v for v in late if np.isfinite(v)] + [0.0]
+    pad = 0.1 * max(max(late) - min(late), 1e-3)
+    ax.set_ylim(min(late) - pad, max(late) + pad)
+    ax.set_ylabel(f'val loss minus {baseline}\'s, same seed (nats/token)')
+    ax.set_title(f'(d) paired difference to {baseline}: mean, 95% band (below 0 = better)', fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def failed_text(act, failed):
+    """'; s3 diverged, s4 did not learn' for a legend label, '' when every seed of act is a result."""
+    by_outcome = {}
+    for seed, outcome in sorted(failed.get(act, {}).items()):
+        by_outcome.setdefault(outcome, []).append(f's{seed}')
+    return ''.join(f"; {', '.join(seeds)} {outcome}" for outcome, seeds in by_outcome.items())
 
 
 def plot_lr_sweep(tuning, colors, path):
-    """Final val loss of every tuning run against its learning rate (log x), one line per activation; the chosen
-    rate is a star, a diverged run an x at the top of the panel (labelled 'diverged'). Returns False when no tuning run
-    has finished or diverged yet (nothing to draw)."""
+    """Final val loss of every tuning rate against the learning rate (log x), one line per variant through the means
+    over the tuning seeds, each seed a small dot; the chosen rate is a star, a failed rate (a tuning seed diverged or
+    did not learn) an x at the top of the panel, labelled with what happened. Returns False when no tuning rate has
+    finished or failed yet (nothing to draw)."""
     entries_all = [t for es in tuning['runs'].values() for t in es]
-    finite = [t['final_val_loss'] for t in entries_all if t['status'] == 'done']
-    if not finite and not any(t['status'] == 'diverged' for t in entries_all):
+    finite = [r['final_val_loss'] for t in entries_all if t['status'] == 'done' for r in t['seeds'].values()]
+    failed_status = ('diverged', 'did not learn')
+    if not finite and not any(t['status'] in failed_status for t in entries_all):
         return False
     plt, fig, axes = new_figure(1, width=6.5, height=4.6)
     ax = axes[0]
     top = max(finite) + 0.05 * max(max(finite) - min(finite), 1e-3) if finite else 1.0
     for act, entries in tuning['runs'].items():
         done = sorted((t['lr'], t['final_val_loss']) for t in entries if t['status'] == 'done')
-        diverged = [t['lr'] for t in entries if t['status'] == 'diverged']
-        label = act + (' (every rate diverged)' if diverged and not done else
-                       f" ({len(diverged)} rate{'s' if len(diverged) > 1 else ''} diverged)" if diverged else '')
+        failed = [t for t in entries if t['status'] in failed_status]
+        label = act + (' (every rate failed)' if failed and not done else
+                       f" ({len(failed)} rate{'s' if len(failed) > 1 else ''} failed)" if failed else '')
         if done:
             ax.plot(*zip(*done), '-o', color=colors[act], label=label, ms=4)
-        if diverged:
-            ax.plot(diverged, [top] * len(diverged), 'x', color=colors[act], ms=8, label=None if done else label)
-            for lr in diverged:
-                ax.annotate('diverged', (lr, top), textcoords='offset points', xytext=(0, 6), ha='center',
-                            fontsize=6, color=colors[act])
+            if len(tuning['seeds']) > 1:
+                dots = [(t['lr'], r['final_val_loss']) for t in entries if t['status'] == 'done'
+                        for r in t['seeds'].values()]
+                ax.plot(*zip(*dots), '.', color=colors[act], ms=3, alpha=0.5)
+        for t in failed:
+            ax.plot([t['lr']], [top], 'x', color=colors[act], ms=8, label=None if done else label)
+            ax.annotate(t['status'], (t['lr'], top), textcoords='offset points', xytext=(0, 6), ha='center',
+                        fontsize=6, color=colors[act])
+            label = None
         chosen = tuning['chosen'].get(act)
         if chosen is not None:
             best = next(t['final_val_loss'] for t in entries if t['lr'] == chosen)
@@ -171,7 +255,10 @@ def plot_lr_sweep(tuning, colors, path):
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f'{value:g}'))
     ax.set_xlabel('peak learning rate')
     ax.set_ylabel('final validation loss (nats/token)')
-    ax.set_title(f"learning-rate sweep, tuning seed {tuning['seed']} (star: chosen; x: diverged)", fontsize=10)
+    seeds = tuning['seeds']
+    what = f"mean of tuning seeds {', '.join(map(str, seeds))} (dots: each seed)" if len(seeds) > 1 else \
+        f'tuning seed {seeds[0]}'
+    ax.set_title(f"learning-rate sweep, {what}; star: chosen, x: failed", fontsize=9)
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
@@ -184,7 +271,8 @@ def plot_paired_deltas(rows, differences, baseline, colors, path):
     seed) as dots, their mean as a diamond and the paired Student-t 95% interval as a bar, with 0 marked. rows: the
     summary rows (report.summarize); differences: {variant: {seed: Δ}}. Returns False when no variant has 2 pairs
     (no interval to draw)."""
-    drawn = [r for r in rows if r['verdict'] not in ('baseline', 'diverged') and r['n_pairs'] >= 2]
+    drawn = [r for r in rows if r['verdict'] not in ('baseline', 'diverged', 'did not learn', 'failed')
+             and r['n_pairs'] >= 2]
     if not drawn:
         return False
     plt, fig, axes = new_figure(1, width=7.0, height=1.2 + 0.45 * len(drawn))
@@ -366,8 +454,9 @@ def plot_scaling(table, fits, baseline, colors, path):
         std = np.array([r['final_val_loss_std'] for r in rows], dtype=float)
         fit = fits.get(act)
         label = act if fit is None else f"{act}: α = {fit['alpha']:.2f} ± {fit['alpha_se']:.2f}, E = {fit['E']:.2f}"
-        diverged = [f"{r['size']} s{s}" for r in rows for s in str(r.get('diverged') or '').split(',') if s]
-        label += f" (diverged, left out: {', '.join(diverged)})" if diverged else ''
+        diverged = [f"{r['size']} s{s}" for r in rows for key in ('diverged', 'did_not_learn')
+                    for s in str(r.get(key) or '').split(',') if s]
+        label += f" (failed, left out: {', '.join(diverged)})" if diverged else ''
         axes[0].errorbar(n, loss, yerr=np.nan_to_num(std), color=colors[act], marker='o', capsize=3,
                          lw=1.2 if fit is None else 0, elinewidth=1.2, label=label)
         if fit is not None:
@@ -381,7 +470,7 @@ def plot_scaling(table, fits, baseline, colors, path):
         shift = 1 + 0.03 * (acts.index(act) - len(acts) / 2)            # spread the markers so the bars don't overlap
         yerr = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
         axes[1].errorbar(n * shift, mean, yerr=yerr, color=colors[act], marker='o', capsize=3, lw=1.2,
-                         label=act + (' (diverged runs left out)' if diverged else ''))
+                         label=act + (' (failed runs left out)' if diverged else ''))
     axes[1].axhline(0, color='k', lw=0.8)
     for ax in axes:
         ax.set_xscale('log')

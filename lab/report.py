@@ -20,6 +20,9 @@ from lab.runs import load_runs
 # other processes using more than this many CPU cores on average during a run make its speed figures incomparable
 LOAD_NOTE_CORES = 0.25
 DIVERGED = 'diverged'          # the verdict of a variant whose every seed diverged
+NOT_LEARNED = 'did not learn'  # ... whose every seed ended with a val loss not below the unigram entropy
+FAILED = 'failed'              # ... whose every seed did one or the other
+FAILED_VERDICTS = (DIVERGED, NOT_LEARNED, FAILED)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -62,24 +65,26 @@ def per_seed_values(runs, key='final_val_loss'):
     return {act: {s: n[key] for s, n in by_seed.items()} for act, by_seed in per_seed(runs).items()}
 
 
-def summarize(runs, baseline, lrs, diverged=None, order=None, specs=None):
+def summarize(runs, baseline, lrs, failed=None, order=None, specs=None):
     """One row per variant: means and sample stds over its finished seeds, and the paired comparison with the baseline.
 
     Pairing: the difference of final val losses on the same seed (same data order, same non-FFN init) cancels the
     noise both runs share; its mean, std and Student-t 95% interval are computed in stats.paired_comparison.
-    diverged = {variant: [seeds that diverged]}: listed in the 'diverged' column, never in a number; a variant whose
-    every seed diverged gets a row of its own with no numbers and the verdict 'diverged'. order: the variants in the
-    order of the comparison; specs: {variant: its spec (activation:key=value...)} for the 'settings' column."""
-    numbers, diverged, specs = per_seed(runs), diverged or {}, specs or {}
+    failed = {variant: {seed: 'diverged' or 'did not learn'}}: listed in the 'diverged' and 'did_not_learn' columns,
+    never in a number; a variant whose every seed failed gets a row of its own with no numbers and the verdict
+    'diverged', 'did not learn' or 'failed' (some of each). order: the variants in the order of the comparison;
+    specs: {variant: its spec (activation:key=value...)} for the 'settings' column."""
+    numbers, failed, specs = per_seed(runs), failed or {}, specs or {}
     base = {s: n['final_val_loss'] for s, n in numbers.get(baseline, {}).items()}
     rows = []
     for act in order or list(numbers):
-        by_seed = numbers.get(act, {})
-        if not by_seed and not diverged.get(act):
+        by_seed, lost = numbers.get(act, {}), failed.get(act, {})
+        if not by_seed and not lost:
             continue                                                       # nothing on disk for it yet
         row = {'activation': act, 'settings': specs.get(act, act), 'lr': lrs.get(act),
                'seeds': ','.join(str(s) for s in by_seed), 'n_seeds': len(by_seed),
-               'diverged': ','.join(str(s) for s in diverged.get(act, []))}
+               'diverged': ','.join(str(s) for s, o in sorted(lost.items()) if o == DIVERGED),
+               'did_not_learn': ','.join(str(s) for s, o in sorted(lost.items()) if o == NOT_LEARNED)}
         first = next(iter(by_seed.values()), {})
         for key in ('total_params', 'active_params', 'ffn_params', 'tokens'):
             row[key] = first.get(key, math.nan)
@@ -89,8 +94,9 @@ def summarize(runs, baseline, lrs, diverged=None, order=None, specs=None):
             row[key] = values.mean() if len(values) else math.nan
             row[key + '_std'] = values.std(ddof=1) if len(values) > 1 else math.nan
         if not by_seed:
+            outcomes = set(lost.values())
             pair = {'n': 0, 'mean': math.nan, 'std': math.nan, 'low': math.nan, 'high': math.nan,
-                    'verdict': DIVERGED, 'seeds_needed': None}
+                    'verdict': outcomes.pop() if len(outcomes) == 1 else FAILED, 'seeds_needed': None}
         elif act == baseline:
             pair = {'n': len(base), 'mean': 0.0, 'std': math.nan, 'low': math.nan, 'high': math.nan,
                     'verdict': 'baseline', 'seeds_needed': None}
@@ -125,9 +131,10 @@ RUN_COLUMNS = ['variant', 'lr', 'seed', 'outcome', 'final_val_loss', 'best_val_l
                'tokens']
 
 
-def write_runs_csv(runs, lrs, diverged, path):
-    """One row per run, diverged ones included (outcome 'diverged', no numbers): the per-seed numbers behind every
-    mean and interval of summary.csv, so anyone can recompute them (and a README test does) after the runs are gone."""
+def write_runs_csv(runs, lrs, failed, path):
+    """One row per run, failed ones included (outcome 'diverged', no numbers, or 'did not learn', its final val loss):
+    the per-seed numbers behind every mean and interval of summary.csv, so anyone can recompute them (and a README
+    test does) after the runs are gone. failed: load_runs' list."""
     with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
         writer.writeheader()
@@ -135,9 +142,9 @@ def write_runs_csv(runs, lrs, diverged, path):
             for seed, numbers in sorted(by_seed.items()):
                 writer.writerow({'variant': act, 'lr': lrs.get(act), 'seed': seed, 'outcome': 'finished',
                                  **{key: numbers[key] for key in RUN_COLUMNS[4:]}})
-        for act, seeds in diverged.items():
-            for seed in sorted(seeds):
-                writer.writerow({'variant': act, 'lr': lrs.get(act), 'seed': seed, 'outcome': DIVERGED})
+        for f in sorted(failed, key=lambda f: (f['act'], f['seed'])):
+            writer.writerow({'variant': f['act'], 'lr': lrs.get(f['act']), 'seed': f['seed'], 'outcome': f['outcome'],
+                             'final_val_loss': f['final_val_loss']})
 
 
 def fmt(row, key, digits=4):
@@ -162,7 +169,7 @@ def rate(value):
 
 def delta_cell(row):
     """'−0.0171 [−0.0290, −0.0052]' or '−0.0171 (1 seed)'."""
-    if row['verdict'] in ('baseline', DIVERGED):
+    if row['verdict'] == 'baseline' or row['verdict'] in FAILED_VERDICTS:
         return row['verdict']
     if not np.isfinite(row['delta_val_mean']):
         return '–'
@@ -173,9 +180,15 @@ def delta_cell(row):
 
 
 def seeds_cell(row):
-    """'3', or '2 (s3 diverged)': a diverged seed is named wherever the seeds are counted."""
-    diverged = [f's{s}' for s in row['diverged'].split(',') if s]
-    return f"{row['n_seeds']}" + (f" ({', '.join(diverged)} diverged)" if diverged else '')
+    """'3', or '2 (s3 diverged)': a failed seed is named wherever the seeds are counted."""
+    return f"{row['n_seeds']}" + failed_seeds_text(row, '; ', ' (', ')')
+
+
+def failed_seeds_text(row, join=', ', before='', after=''):
+    """'s3 diverged, s4 did not learn' of a summary row ('' when every seed is a result)."""
+    parts = [f"{', '.join('s' + s for s in str(row.get(key) or '').split(',') if s)} {what}"
+             for key, what in (('diverged', DIVERGED), ('did_not_learn', NOT_LEARNED)) if row.get(key)]
+    return before + join.join(parts) + after if parts else ''
 
 
 def seeds_needed_text(row):
@@ -186,47 +199,82 @@ def seeds_needed_text(row):
 
 
 def tuning_lines(tuning):
-    """The learning-rate sweep as a markdown table (rates as columns, the chosen one in bold) + edge warnings."""
+    """The learning-rate sweep as a markdown table: each rate's mean final val loss over the tuning seeds (the chosen
+    one in bold), the chosen rate and its margin to the runner-up with a paired interval; edge and failure warnings."""
     if not tuning:
         return []
     rates = sorted({t['lr'] for entries in tuning['runs'].values() for t in entries})
+    seeds = tuning['seeds']
+    several = len(seeds) > 1
     lines = ['## Learning rate, tuned per variant', '',
-             f"One run per rate on tuning seed {tuning['seed']} (not a comparison seed, so the numbers above carry no "
-             "winner's curse); the rate with the lowest final val loss (**bold**; a tie goes to the lower rate) is "
-             "used for every comparison seed. A diverged rate is a failed rate, never chosen. min_lr keeps its ratio "
-             "to the peak rate.", '',
-             '| variant | ' + ' | '.join(f'lr {r:g}' for r in rates) + ' | chosen |',
-             '|---|' + '---|' * (len(rates) + 1)]
+             f"Every rate trained on tuning seed{'s' if several else ''} {', '.join(map(str, seeds))} (not comparison "
+             "seeds, so the numbers above carry no winner's curse). Each cell is the final val loss"
+             f"{' averaged over the tuning seeds' if several else ''}; the rate with the lowest one (**bold**; a tie "
+             "goes to the lower rate) is used for every comparison seed. Margin: the runner-up rate's loss minus the "
+             "chosen one's" + (", with the paired Student-t 95% interval over the tuning seeds (n − 1 degrees of "
+                               "freedom)" if several else " (one tuning seed: no interval)") +
+             ". A rate on which a tuning seed diverged or did not learn is a failed rate, never chosen. min_lr keeps "
+             "its ratio to the peak rate. Every tuning run: tuning.csv.", '',
+             '| variant | ' + ' | '.join(f'lr {r:g}' for r in rates) + ' | chosen | margin to runner-up [95% CI] |',
+             '|---|' + '---|' * (len(rates) + 2)]
     for act, entries in tuning['runs'].items():
         by_rate = {t['lr']: t for t in entries}
-        cells = []
-        for r in rates:
-            t = by_rate.get(r)
-            if t is None or t['status'] == 'missing':
-                cells.append('–')
-            elif t['status'] == 'diverged':
-                cells.append('diverged')
-            elif t['status'] == 'partial':
-                cells.append('unfinished')
-            else:
-                text = f"{t['final_val_loss']:.4f}"
-                cells.append(f'**{text}**' if r == tuning['chosen'].get(act) else text)
-        chosen = 'every rate diverged' if act in tuning.get('all_diverged', []) else rate(tuning['chosen'].get(act))
-        lines.append(f"| {act} | " + ' | '.join(cells) + f" | {chosen} |")
+        cells = [tuning_cell(by_rate.get(r), r == tuning['chosen'].get(act)) for r in rates]
+        chosen = 'every rate failed' if act in tuning.get('all_failed', []) else rate(tuning['chosen'].get(act))
+        lines.append(f"| {act} | " + ' | '.join(cells) + f" | {chosen} | {margin_cell(tuning['choices'].get(act))} |")
     for act, edge in tuning['edges'].items():
         lines += ['', f"**WARNING: {act}'s best rate {tuning['chosen'][act]:g} is the {edge} end of the grid: its "
                       f"optimum may lie beyond it; extend --tune_lr past {tuning['chosen'][act]:g}.**"]
-    for act in tuning.get('all_diverged', []):
-        lines += ['', f'**{all_diverged_line(act, rates)}**']
+    for act in tuning.get('all_failed', []):
+        lines += ['', f'**{all_failed_line(act, rates)}**']
     for act, lr in tuning.get('fixed', {}).items():
         lines += ['', f'{act}: not tuned, its variant fixes learning_rate = {lr:g}.']
     return lines + ['']
 
 
-def all_diverged_line(act, rates):
-    """The one line for a variant whose every tuning rate diverged (compare.py prints it too)."""
-    return (f"every tuning rate of {act} diverged ({', '.join(f'{r:g}' for r in rates)}): it has no comparison "
-            f"runs; add lower rates to --tune_lr")
+def tuning_cell(entry, chosen):
+    """One rate of the tuning table: its mean loss (bold when chosen), or what happened to it."""
+    if entry is None or entry['status'] == 'missing':
+        return '–'
+    if entry['status'] == 'partial':
+        return 'unfinished'
+    if entry['status'] != 'done':
+        failed = [f"s{s} {r['status']}" for s, r in entry['seeds'].items() if r['status'] != 'finished']
+        return entry['status'] if len(entry['seeds']) == 1 else f"{entry['status']} ({', '.join(failed)})"
+    text = f"{entry['final_val_loss']:.4f}"
+    return f'**{text}**' if chosen else text
+
+
+def margin_cell(choice):
+    """'+0.0123 over 4e-3 [−0.0050, +0.0296]' (no interval from one tuning seed), '–' before a choice."""
+    if choice is None:
+        return '–'
+    if choice['runner_up'] is None:
+        return 'no other rate finished'
+    text = f"{signed(choice['margin'])} over {choice['runner_up']:g}"
+    return text + (f" [{signed(choice['low'])}, {signed(choice['high'])}]" if np.isfinite(choice['low']) else '')
+
+
+def all_failed_line(act, rates):
+    """The one line for a variant whose every tuning rate failed (compare.py prints it too)."""
+    return (f"every tuning rate of {act} diverged or did not learn ({', '.join(f'{r:g}' for r in rates)}): it has "
+            f"no comparison runs; add lower rates to --tune_lr")
+
+
+TUNING_COLUMNS = ['variant', 'learning_rate', 'seed', 'final_val_loss', 'chosen', 'outcome']
+
+
+def write_tuning_csv(tuning, path):
+    """One row per tuning run (variant, rate, tuning seed): what every choice of the tuning table was made from."""
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=TUNING_COLUMNS)
+        writer.writeheader()
+        for act, entries in tuning['runs'].items():
+            for entry in entries:
+                for seed, run in entry['seeds'].items():
+                    writer.writerow({'variant': act, 'learning_rate': entry['lr'], 'seed': seed,
+                                     'final_val_loss': run['final_val_loss'],
+                                     'chosen': entry['lr'] == tuning['chosen'].get(act), 'outcome': run['status']})
 
 
 def cost_lines(costs):
@@ -273,16 +321,18 @@ def load_note(rows):
     return None
 
 
-def write_summary_md(group, rows, runs, partial, diverged, path, command):
+def write_summary_md(group, rows, runs, partial, failed, path, command):
     baseline = group['baseline']
     title = f"# Activation comparison ({Path(group['dir']).name})"
     lines = [title, '', f'`{command}`', '']
     if partial:
         lines += ['**Unfinished runs, left out of every number below: ' +
                   ', '.join(f'{name} ({where})' for name, where in partial) + '.**', '']
-    if diverged:
-        lines += ['**Diverged runs, left out of every mean, interval and verdict below: ' +
-                  ', '.join(f'{name} ({where})' if where else name for name, where in diverged) + '.**', '']
+    for outcome, what in ((DIVERGED, 'Diverged runs'), (NOT_LEARNED, 'Runs that did not learn (final val loss not '
+                                                                   'below the unigram entropy of the training tokens)')):
+        named = [f"{f['name']} ({f['note']})" if f['note'] else f['name'] for f in failed if f['outcome'] == outcome]
+        if named:
+            lines += [f'**{what}, left out of every mean, interval and verdict below: ' + ', '.join(named) + '.**', '']
     n_max = max(r['n_seeds'] for r in rows)
     lines += [f'Mean ± sample std over seeds. Δ val = final val loss minus {baseline}\'s on the same seed (same data '
               'order and non-FFN init): mean ± std of the per-seed differences and its 95% confidence interval '
@@ -313,7 +363,8 @@ def write_summary_md(group, rows, runs, partial, diverged, path, command):
                   'alone moves the losses, so no difference here is shown to be real. For a verdict, rerun with '
                   'several seeds and each '
                   f'activation at its own tuned rate, e.g. `{verdict_command(command)}`.', '']
-    lines += few_seeds_note(max((r['n_pairs'] for r in rows if r['verdict'] not in ('baseline', DIVERGED)),
+    lines += few_seeds_note(max((r['n_pairs'] for r in rows if r['verdict'] != 'baseline' and
+                                 r['verdict'] not in FAILED_VERDICTS),
                                 default=n_max))
     for key, name in (('final_val_loss', 'Final val loss'), ('final_train_loss', 'Final train loss')):
         groups, means = ordering(runs, key)
@@ -337,8 +388,8 @@ def verdict_command(command):
 
 def report_comparison(group, command, analysis_batch_size=8):
     """Draw every figure and write the tables of one comparison (one model size) from the runs on disk.
-    Returns the summary rows (for the scaling report), or None when no run has finished or diverged."""
-    runs, partial, diverged = load_runs(group)
+    Returns the summary rows (for the scaling report), or None when no run has finished or failed."""
+    runs, partial, failed = load_runs(group)
     out = Path(group['dir'])
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -346,20 +397,26 @@ def report_comparison(group, command, analysis_batch_size=8):
     if group.get('tuning'):
         if figures.plot_lr_sweep(group['tuning'], colors, out / 'lr_sweep.png'):
             written.append(out / 'lr_sweep.png')
-    if not runs and not diverged:
+    if group.get('tuning'):
+        write_tuning_csv(group['tuning'], out / 'tuning.csv')
+        written.append(out / 'tuning.csv')
+    if not runs and not failed:
         print(f"note: no finished comparison run under {out} yet")
+        if group.get('tuning'):                                           # the tuning so far is worth reading
+            lines = [f"# Activation comparison ({out.name})", '', f'`{command}`', '',
+                     'No comparison run has finished yet.', '', *tuning_lines(group['tuning'])]
+            (out / 'summary.md').write_text('\n'.join(lines) + '\n')
         return None
-    diverged_seeds = {}
-    for name, _ in diverged:
-        act, _, seed = name.rpartition('-s')
-        diverged_seeds.setdefault(act, []).append(int(seed))
+    failed_seeds = {}                                                     # {variant: {seed: outcome}}
+    for f in failed:
+        failed_seeds.setdefault(f['act'], {})[f['seed']] = f['outcome']
     baseline = group['baseline'] if group['baseline'] in runs else next(iter(runs), group['baseline'])
     group = dict(group, baseline=baseline)
     ensure_analyses(runs, analysis_batch_size)
-    rows = summarize(runs, baseline, group.get('lrs', {}), diverged_seeds, group['acts'], group.get('specs'))
+    rows = summarize(runs, baseline, group.get('lrs', {}), failed_seeds, group['acts'], group.get('specs'))
     if runs:
         figures.plot_loss_curves(runs, colors, out / 'loss_curves.png', group.get('lrs', {}),
-                                 loaded=bool(load_note(rows)), diverged=diverged_seeds)
+                                 loaded=bool(load_note(rows)), failed=failed_seeds, baseline=baseline)
         written.append(out / 'loss_curves.png')
         if any(r['analysis'] for rs in runs.values() for r in rs):
             figures.plot_effective_rank(runs, colors, out / 'effective_rank.png')
@@ -377,8 +434,8 @@ def report_comparison(group, command, analysis_batch_size=8):
         if figures.plot_paired_deltas(rows, differences, baseline, colors, out / 'paired_deltas.png'):
             written.append(out / 'paired_deltas.png')
     write_summary_csv(rows, out / 'summary.csv')
-    write_runs_csv(runs, group.get('lrs', {}), diverged_seeds, out / 'runs.csv')
-    table = write_summary_md(group, rows, runs, partial, diverged, out / 'summary.md', command)
+    write_runs_csv(runs, group.get('lrs', {}), failed, out / 'runs.csv')
+    table = write_summary_md(group, rows, runs, partial, failed, out / 'summary.md', command)
     print(table)
     print('wrote ' + ', '.join(str(p) for p in written + [out / 'summary.csv', out / 'runs.csv', out / 'summary.md']))
     return rows
@@ -387,7 +444,7 @@ def report_comparison(group, command, analysis_batch_size=8):
 # ----------------------------------------------------------------------------- model-size sweeps
 SCALING_COLUMNS = ['size', 'n_layer', 'n_embd', 'activation', 'lr', 'non_embedding_params', 'tokens', 'flops',
                    'n_seeds', 'final_val_loss_mean', 'final_val_loss_std', 'n_pairs', 'delta_val_mean',
-                   'delta_val_ci95_low', 'delta_val_ci95_high', 'verdict', 'diverged']
+                   'delta_val_ci95_low', 'delta_val_ci95_high', 'verdict', 'diverged', 'did_not_learn']
 
 
 def scaling_table(groups, rows_per_group):
@@ -406,7 +463,7 @@ def scaling_table(groups, rows_per_group):
                 'n_pairs': row['n_pairs'], 'delta_val_mean': row['delta_val_mean'],
                 'delta_val_ci95_low': row['delta_val_ci95_low'],
                 'delta_val_ci95_high': row['delta_val_ci95_high'], 'verdict': row['verdict'],
-                'diverged': row['diverged']})
+                'diverged': row['diverged'], 'did_not_learn': row['did_not_learn']})
     return table
 
 
@@ -468,11 +525,10 @@ def report_scaling(groups, rows_per_group, out, command):
                 cells.append('–')
                 continue
             text = fmt({'v': r['final_val_loss_mean'], 'v_std': r['final_val_loss_std']}, 'v')
-            if r['verdict'] == DIVERGED:
-                cells.append(f"diverged (every seed: {', '.join('s' + x for x in r['diverged'].split(','))})")
+            if r['verdict'] in FAILED_VERDICTS:
+                cells.append(f"no result (every seed failed: {failed_seeds_text(r)})")
                 continue
-            if r['diverged']:
-                text += f" ({', '.join('s' + x for x in r['diverged'].split(','))} diverged)"
+            text += failed_seeds_text(r, '; ', ' (', ')')
             if r['lr'] is not None and groups[0]['tuning']:
                 text += f" (lr {r['lr']:g})"
             if act != baseline:

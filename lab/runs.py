@@ -6,7 +6,7 @@ add: compare_settings.json (the settings it was trained with), analysis.json (re
 in folders of older versions, diverged.json (compare.py's mark of a tuning run that blew up). Where runs live (sizes
 and tuning are optional levels; the lr part only when the variant's rate was tuned or fixed by the variant):
     out_dir/[<size>/]<variant>[-lr<rate>]-s<seed>/
-    out_dir/[<size>/]tune/<variant>-lr<rate>-s<tune_seed>/
+    out_dir/[<size>/]tune/<variant>-lr<rate>-s<tuning seed>/
 compare.py decides what to train from a folder's state and starts train.py in it (launch, at the end); report.py
 reads only finished runs and lists the rest.
 """
@@ -93,6 +93,24 @@ def run_state(run_dir, max_iters):
     return 'resume' if (Path(run_dir) / 'ckpt.pt').exists() else 'scratch'
 
 
+FAILED = ('diverged', 'did not learn')   # the outcomes of a run that is no result
+
+
+def run_outcome(run_dir, max_iters):
+    """What a run folder holds: 'finished', 'diverged', 'did not learn' (train.py's exit status 4: its final val loss
+    was not below the unigram entropy of the training tokens), 'partial' (started, not finished) or 'missing'."""
+    state = run_state(run_dir, max_iters)
+    if state == 'diverged':
+        return 'diverged'
+    if state == 'done':
+        summary = read_json(Path(run_dir) / 'summary.json') or {}
+        loss = summary.get('final_val_loss')
+        if not (isinstance(loss, (int, float)) and math.isfinite(loss)):
+            return 'diverged'
+        return 'did not learn' if summary.get('outcome') == 'did_not_learn' else 'finished'
+    return 'partial' if state == 'resume' or (Path(run_dir) / 'log.csv').exists() else 'missing'
+
+
 def settings_changes(run_dir, settings, harmless):
     """['key: old -> new', ...] between the settings run_dir was trained with and `settings` (keys in `harmless` do
     not change what a run computes). Only a run that trained something counts: a folder whose train.py stopped at
@@ -112,18 +130,20 @@ def record_settings(run_dir, settings):
 
 # ----------------------------------------------------------------------------- reading one comparison
 def load_runs(group, quiet=False):
-    """Read every run of one comparison. Returns (runs, partial, diverged):
-    runs = {variant: [run dicts]} of the FINISHED runs only (summary.json says finished at the expected iteration and
-    not diverged); partial = [(name, how far it got)] of runs that exist but are not finished; diverged = [(name, how
-    far it got)] of runs that diverged; quiet: print nothing (a second reading of the same runs). Partial and diverged
-    runs are left out of every mean, interval, verdict and figure line: a run stopped at iteration 50 among runs of
-    400, or a blown-up loss, is not a result of the recipe."""
-    runs, partial, diverged = {}, [], []
+    """Read every run of one comparison. Returns (runs, partial, failed):
+    runs = {variant: [run dicts]} of the runs that FINISHED and learned (summary.json says finished at the expected
+    iteration, not diverged, final val loss below the unigram entropy); partial = [(name, how far it got)] of runs
+    that exist but are not finished; failed = [{'name', 'act', 'seed', 'outcome' ('diverged' or 'did not learn'),
+    'note', 'final_val_loss'}] of runs that are no result; quiet: print nothing (a second reading of the same runs).
+    Partial and failed runs are left out of every mean, interval, verdict and figure line: a run stopped at iteration
+    50 among runs of 400, a blown-up loss or a model that learned nothing is not a result of the recipe."""
+    runs, partial, failed = {}, [], []
     for act in group['acts']:
         for seed in group['seeds']:
-            run_dir = group['run_dirs'][act, seed]
+            run_dir, name = group['run_dirs'][act, seed], f'{act}-s{seed}'
             if run_diverged(run_dir):
-                diverged.append((f'{act}-s{seed}', divergence_note(run_dir)))
+                failed.append(dict(name=name, act=act, seed=seed, outcome='diverged', note=divergence_note(run_dir),
+                                   final_val_loss=None))
                 continue
             log = read_log(run_dir / 'log.csv')
             summary = read_json(run_dir / 'summary.json') or {}
@@ -132,37 +152,52 @@ def load_runs(group, quiet=False):
             expected = group.get('expected_iters')
             done_iter = int(np.nanmax(log['iter'])) if len(log['iter']) else 0
             if not summary.get('finished') or (expected and summary.get('iter', 0) < expected):
-                partial.append((f'{act}-s{seed}', f'iter {done_iter}' + (f' of {expected}' if expected else '')))
+                partial.append((name, f'iter {done_iter}' + (f' of {expected}' if expected else '')))
+                continue
+            if summary.get('outcome') == 'did_not_learn':
+                failed.append(dict(name=name, act=act, seed=seed, outcome='did not learn', note=learning_note(summary),
+                                   final_val_loss=summary.get('final_val_loss')))
                 continue
             runs.setdefault(act, []).append(dict(
                 seed=seed, dir=run_dir, log=log, coeffs=read_log(run_dir / 'coeffs.csv'),
                 summary=summary, analysis=read_json(run_dir / 'analysis.json')))
-    listed = dict(partial + diverged)
+    listed = dict(partial + [(f['name'], f['note']) for f in failed])
     missing = [f'{a}-s{s}' for a in group['acts'] for s in group['seeds']
                if not any(r['seed'] == s for r in runs.get(a, [])) and f'{a}-s{s}' not in listed]
     if quiet:
-        return runs, partial, diverged
+        return runs, partial, failed
     if missing:
         print(f"note: no finished run for {', '.join(missing)} under {group['dir']}: left out")
     for name, where in partial:
         print(f"WARNING: {name} under {group['dir']} is not finished ({where}): left out of every figure and "
               f"table; rerun the same command without --replot to finish it")
-    for name, where in diverged:
-        print(f"WARNING: {name} under {group['dir']} diverged{' at ' + where if where else ''}: marked diverged, "
-              f"left out of every mean, interval and verdict")
-    return runs, partial, diverged
+    for f in failed:
+        where = f" ({f['note']})" if f['note'] else ''
+        print(f"WARNING: {f['name']} under {group['dir']} {f['outcome']}{where}: marked {f['outcome']}, left out of "
+              f"every mean, interval and verdict")
+    return runs, partial, failed
+
+
+def learning_note(summary):
+    """'final val loss 3.9912 >= unigram entropy 3.3308' for a run that did not learn (or '' when nothing says)."""
+    loss, entropy = summary.get('final_val_loss'), summary.get('unigram_entropy')
+    if not isinstance(loss, (int, float)) or not isinstance(entropy, (int, float)):
+        return ''
+    return f'final val loss {loss:.4f} >= unigram entropy {entropy:.4f}'
 
 
 # ----------------------------------------------------------------------------- running train.py in run folders
 RUNNING = []          # the train.py processes alive right now, so Ctrl-C can stop them cleanly
-DIVERGED_EXIT = 3     # train.py's exit code for a run that diverged: a result, not an error
+DIVERGED_EXIT = 3     # train.py's exit code for a run that diverged: an outcome to record, not an error
+NOT_LEARNED_EXIT = 4  # train.py's exit code for a run whose final val loss is not below the unigram entropy: likewise
 
 
 def launch(jobs, slots_available):
     """Run train.py jobs, one per slot at a time. A slot is a GPU id (the child sees only that GPU through
     CUDA_VISIBLE_DEVICES), 'cpu:<threads>' or None (no restriction: CPU or a single GPU, runs one after the other).
     Each child's output is echoed with a '[i/N name]' prefix. A run that exits with train.py's diverged code is
-    recorded (diverged.json beside it) and the others go on; any other failure stops new jobs from starting.
+    recorded (diverged.json beside it) and the others go on, as after a run that did not learn (its summary.json
+    says so); any other failure stops new jobs from starting.
     Returns the list of (name, command) that failed."""
     slots = queue.Queue()
     for slot in slots_available:
@@ -190,6 +225,10 @@ def launch(jobs, slots_available):
                 with print_lock:
                     print(f"=== [{job['tag']}] diverged: recorded, left out of every number; the other runs go on",
                           flush=True)
+            elif code == NOT_LEARNED_EXIT:
+                with print_lock:
+                    print(f"=== [{job['tag']}] did not learn: recorded, left out of every number; the other runs go "
+                          f"on", flush=True)
             elif code != 0 and code != -signal.SIGINT:
                 failures.append((job['name'], ' '.join(job['cmd'])))
         finally:

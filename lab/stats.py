@@ -34,6 +34,27 @@ def t_interval(values, confidence=CONFIDENCE):
     return {'n': n, 'mean': mean, 'std': std, 'low': mean - half, 'high': mean + half}
 
 
+def choose_rate(losses):
+    """The learning-rate choice of a tuning sweep. losses: {rate: {tuning seed: final val loss}} of the rates whose
+    every tuning seed finished and learned. The chosen rate has the lowest mean over the tuning seeds (a tie goes to
+    the lower rate, the safer one). Returns {'rate', 'mean', 'runner_up', 'margin', 'low', 'high', 'n'}: margin is
+    the runner-up's mean minus the chosen one's (>= 0), low/high the Student-t 95% interval of the per-seed margins
+    (nan for one seed or no runner-up: no spread to build on). None when no rate qualifies."""
+    means = {r: float(np.mean(list(v.values()))) for r, v in losses.items() if v}
+    if not means:
+        return None
+    ranked = sorted(means, key=lambda r: (means[r], r))
+    chosen = ranked[0]
+    result = {'rate': chosen, 'mean': means[chosen], 'runner_up': None, 'margin': math.nan, 'low': math.nan,
+              'high': math.nan, 'n': len(losses[chosen])}
+    if len(ranked) > 1:
+        runner_up = ranked[1]
+        interval = t_interval(list(paired_differences(losses[runner_up], losses[chosen]).values()))
+        result.update(runner_up=runner_up, margin=means[runner_up] - means[chosen], low=interval['low'],
+                      high=interval['high'], n=interval['n'])
+    return result
+
+
 def std_ratio_interval(n, confidence=CONFIDENCE):
     """How far the true std may lie from a sample std of n values: the confidence interval of sigma / s, from
     (n - 1) s^2 / sigma^2 ~ chi-square with n - 1 degrees of freedom (normal data). (low, high); n = 3 gives

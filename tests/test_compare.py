@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4', '--eval_iters=2',
         '--eval_interval=2', '--log_interval=1', '--warmup_iters=1', '--learning_rate=3e-3', '--device=cpu',
-        '--dtype=float32', '--compile=False']
+        '--dtype=float32', '--compile=False', '--check_learned=False']   # 4 iterations learn nothing
 TINY_NO_SIZE = [a for a in TINY if not a.startswith(('--n_layer', '--n_embd', '--n_head'))]   # for --sizes runs
 FIGURES = ['loss_curves.png', 'effective_rank.png', 'layer_cosine.png', 'poly_coefficients.png', 'activation_curves.png']
 
@@ -244,23 +244,33 @@ def test_a_run_that_diverges_is_recorded_and_the_others_go_on(tmp_path, capsys):
 # ----------------------------------------------------------------------------- learning-rate tuning
 @pytest.fixture(scope='module')
 def tuned(tmp_path_factory):
-    """gelu and polynorm, 2 tuning rates on seed 0, then seeds 1 and 2 at each one's best rate; 4 iterations."""
+    """gelu and polynorm, 2 tuning rates on the default tuning seeds 0 and 1000, then seeds 1 and 2 at each one's best
+    rate; 4 iterations."""
     return compare_in_new_folder(tmp_path_factory, 'tuned', *TINY, '--max_iters=4', '--activations=gelu,polynorm',
                                  '--seeds=1,2', '--tune_lr=3e-4,3e-2', '--min_lr=1e-4')
 
 
-def test_tuning_picks_each_activations_lowest_final_val_loss_on_the_tuning_seed(tuned):
+def test_tuning_picks_each_activations_lowest_mean_final_val_loss_over_the_tuning_seeds(tuned):
     out_dir, _, done = tuned
+    tuning_rows = read_rows(out_dir / 'tuning.csv')
+    assert len(tuning_rows) == 2 * 2 * 2                                # variants x rates x tuning seeds
     for act in ('gelu', 'polynorm'):
         losses = {}
         for lr in (3e-4, 3e-2):
-            run = out_dir / 'tune' / f'{act}-lr{lr:g}-s0'
-            ckpt = torch.load(run / 'ckpt.pt', weights_only=True)
-            assert ckpt['config']['seed'] == 0 and ckpt['model_args']['init_seed'] == 0   # never a comparison seed
-            assert ckpt['config']['learning_rate'] == lr
-            assert ckpt['config']['min_lr'] == pytest.approx(lr * 1e-4 / 3e-3)           # schedule shape kept
-            losses[lr] = json.loads((run / 'summary.json').read_text())['final_val_loss']
-        best = min(losses, key=losses.get)
+            for seed in (0, 1000):
+                run = out_dir / 'tune' / f'{act}-lr{lr:g}-s{seed}'
+                ckpt = torch.load(run / 'ckpt.pt', weights_only=True)
+                assert ckpt['config']['seed'] == seed and ckpt['model_args']['init_seed'] == seed   # not compared
+                assert ckpt['config']['learning_rate'] == lr
+                assert ckpt['config']['min_lr'] == pytest.approx(lr * 1e-4 / 3e-3)           # schedule shape kept
+                losses[lr, seed] = json.loads((run / 'summary.json').read_text())['final_val_loss']
+                row = next(r for r in tuning_rows if (r['variant'], float(r['learning_rate']), int(r['seed'])) ==
+                           (act, lr, seed))
+                assert float(row['final_val_loss']) == losses[lr, seed] and row['outcome'] == 'finished'
+        means = {lr: (losses[lr, 0] + losses[lr, 1000]) / 2 for lr in (3e-4, 3e-2)}
+        best = min(means, key=means.get)
+        assert {float(r['learning_rate']) for r in tuning_rows if r['variant'] == act and r['chosen'] == 'True'} == \
+            {best}
         for seed in (1, 2):
             ckpt = torch.load(out_dir / f'{act}-lr{best:g}-s{seed}' / 'ckpt.pt', weights_only=True)
             assert ckpt['config']['learning_rate'] == best and ckpt['config']['seed'] == seed
@@ -295,7 +305,7 @@ def test_rerun_reuses_finished_tuning_and_comparison_runs(tuned, tmp_path):
     copy = tmp_path / 'out'
     shutil.copytree(out_dir, copy)
     done = run_compare(*[a for a in args if not a.startswith('--out_dir')], f'--out_dir={copy}')
-    assert done.stdout.count('finished earlier, skipping') == 4 + 4
+    assert done.stdout.count('finished earlier, skipping') == 8 + 4
     # nothing was trained again: no run started (training or resuming) and no train.py command was echoed
     assert '] training:' not in done.stdout and '] resuming from ckpt.pt:' not in done.stdout
     assert 'train.py' not in done.stdout
@@ -320,7 +330,12 @@ def test_a_partial_run_is_left_out_of_every_number(tuned, tmp_path):
     (['--activations=gelu,gelu'], ['--activations', 'gelu', 'more than once']),
     (['--seeds=1,1'], ['--seeds', 'more than once']),
     (['--seeds=abc'], ['--seeds', 'integer']),
-    (['--seeds=1,2', '--tune_lr=1e-3,2e-3', '--tune_seed=2'], ['--tune_seed=2', 'comparison seed']),
+    (['--seeds=1,2', '--tune_lr=1e-3,2e-3', '--tune_seeds=2,1000'], ['--tune_seeds=2,1000', 'shares 2', '--seeds']),
+    (['--tune_lr=1e-3,2e-3', '--tune_seeds=0,0'], ['--tune_seeds', 'more than once']),
+    (['--tune_lr=1e-3,2e-3', '--tune_seeds='], ['--tune_lr', 'tuning seed']),
+    (['--tune_lr=1e-3,2e-3', '--tune_seeds=0,-3'], ['>= 0', '--tune_seeds']),
+    # the old single tuning seed is refused with the new key's name, not silently reread
+    (['--tune_lr=1e-3,2e-3', '--tune_seed=7'], ['--tune_seed', '--tune_seeds=7']),
     (['--tune_lr=1e-3,-2e-3'], ['--tune_lr', 'positive']),
     (['--tune_lr=fast'], ['--tune_lr', 'number']),
     (['--baseline=relu'], ['--baseline', 'relu']),

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import io
 import json
+import math
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,7 @@ import torch
 
 from data import sources
 from data.dataset import (ShardWriter, TokenDataset, add_overwrite_flag, check_vocab, get_tokenizer, load_meta,
-                          tokenize_documents, write_token_dataset)
+                          tokenize_documents, unigram_entropy, write_meta, write_token_dataset)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -107,6 +108,27 @@ def test_gpt2_ranks_hash_is_checked(tmp_path):
         sources.read_gpt2_ranks(bad)
 
 # ----------------------------------------------------------------------------- writer and loader
+
+
+
+
+def test_the_unigram_entropy_is_that_of_the_train_split_counted_by_hand(tmp_path):
+    """train.py's "did not learn" threshold. Train split: six 0s and two 1s (the val tail, 2 2, is left out), so
+    H = -(0.75 ln 0.75 + 0.25 ln 0.25) = 0.5623351446 nats/token. Recorded in meta.json when the dataset is written;
+    a dataset written before (no such field) is counted from its train files, sharded ones included."""
+    ids = np.array([0, 0, 0, 1, 0, 0, 0, 1, 2, 2])
+    by_hand = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert by_hand == pytest.approx(0.5623351446, abs=1e-10)
+    meta = write_token_dataset(tmp_path / 'one', [ids], tokenizer='char', vocab_size=3, source='test', val_tokens=2)
+    assert meta['unigram_entropy'] == pytest.approx(by_hand, abs=1e-12)
+    assert unigram_entropy(tmp_path / 'one') == (pytest.approx(by_hand, abs=1e-12), 'meta.json')
+    write_token_dataset(tmp_path / 'shards', [ids[:5], ids[5:]], tokenizer='char', vocab_size=3, source='test',
+                        val_tokens=2, shard_tokens=3)
+    meta = load_meta(tmp_path / 'shards')
+    assert len(meta['train_files']) == 3 and meta['unigram_entropy'] == pytest.approx(by_hand, abs=1e-12)
+    del meta['unigram_entropy']                                           # as written by an older version
+    write_meta(tmp_path / 'shards', meta)
+    assert unigram_entropy(tmp_path / 'shards') == (pytest.approx(by_hand, abs=1e-12), 'a scan of the train files')
 
 
 @pytest.mark.parametrize('val_tokens', [250, 150, 30])

@@ -33,7 +33,7 @@ from train_helpers import REPO, env, free_port, make_char_dataset, read_log, run
 # the smallest useful run; the walk's flags come after these, so they win
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4', '--max_iters=2',
         '--eval_interval=2', '--eval_iters=2', '--log_interval=1', '--warmup_iters=1', '--device=cpu',
-        '--compile=False']
+        '--compile=False', '--check_learned=False']   # 2 iterations learn nothing: no "did not learn" exit
 
 
 def train_args(paths, *args):
@@ -313,6 +313,21 @@ def test_a_run_that_diverged_has_no_result(flags, cause, world, tmp_path):
     summary = json.load(open(os.path.join(out, 'summary.json')))
     assert (summary['outcome'], summary['finished'], summary['diverged']) == ('diverged', False, True)
     assert summary['best_val_loss'] is None and summary['best_iter'] is None
+
+
+def test_rerunning_a_run_that_diverged_before_any_checkpoint_does_not_advise_resuming(world, tmp_path):
+    """Every loss non-finite, no checkpoint saved: the rerun is refused (the failed run is kept), and its one line
+    says there is nothing to resume: a new out_dir (or --overwrite=True) and a lower learning rate."""
+    out = str(tmp_path / 'out')
+    flags = ['--learning_rate=1e9', '--decay_lr=False', '--max_iters=40', '--eval_interval=1']
+    assert run_script(train_args(dict(world, fresh=out), *flags), check=False).returncode == 3
+    assert not os.path.exists(os.path.join(out, 'ckpt.pt'))
+    done = run_script(train_args(dict(world, fresh=out), *flags), check=False)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    line = done.stderr.strip()
+    assert '\n' not in line and line.startswith('error: ') and 'diverged before saving a checkpoint' in line
+    assert 'nothing to resume' in line and '--out_dir' in line and 'lower --learning_rate' in line
+    assert '--init_from=resume' not in line
 
 
 def other_text_same_vocabulary(data_dir, into):

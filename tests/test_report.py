@@ -73,27 +73,36 @@ def legends(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the tuning's choice
-def tuning_of(out, data, rates, losses, act='gelu'):
-    """Hand-built tuning runs of one activation (losses: a number, 'diverged', 'diverged-old', 'diverged-json' or
-    'unfinished' per rate) and the tuning compare.py reads from them."""
-    for lr, loss in zip(rates, losses):
-        run = out / 'tune' / f'{act}-lr{lr:g}-s0'
-        if loss == 'diverged':                        # train.py now: exit code 3, outcome diverged
-            write_run(run, 9.0, finished=False, diverged=True, outcome='diverged')
-        elif loss == 'diverged-old':                  # older train.py: finished, with a tempting (untrained) loss
-            write_run(run, 1.0, finished=True, diverged=True)
-        elif loss == 'diverged-json':                 # older compare.py's mark beside a run that died non-finite
-            write_run(run, 1.0, finished=False)
-            (run / 'diverged.json').write_text(json.dumps({'diverged': True}))
-        elif loss == 'unfinished':
-            write_run(run, 1.0, finished=False)
-            (run / 'ckpt.pt').write_bytes(b'')        # resumable: not done, not missing
-        else:
-            write_run(run, loss)
+def tuning_of(out, data, rates, losses, act='gelu', seeds=(0,)):
+    """Hand-built tuning runs of one activation (losses: per rate a number, 'diverged', 'diverged-old',
+    'diverged-json', 'did-not-learn' or 'unfinished', or with several tuning seeds a list of those, one per seed)
+    and the tuning compare.py reads from them."""
+    for lr, per_rate in zip(rates, losses):
+        for seed, loss in zip(seeds, per_rate if isinstance(per_rate, list) else [per_rate]):
+            write_tuning_run(out / 'tune' / f'{act}-lr{lr:g}-s{seed}', loss)
     settings, train, typed = compare.parse_args([f'--dataset={data}', f'--out_dir={out}', f'--activations={act}',
-                                                 '--seeds=1', '--tune_lr=' + ','.join(f'{r:g}' for r in rates)])
+                                                 '--seeds=1', '--tune_lr=' + ','.join(f'{r:g}' for r in rates),
+                                                 '--tune_seeds=' + ','.join(map(str, seeds))])
     plan = compare.Plan(settings, train, typed)
     return plan.tuning(plan.levels[0])
+
+
+def write_tuning_run(run, loss):
+    """One tuning run folder in the form `loss` names (see tuning_of)."""
+    if loss == 'diverged':                    # train.py now: exit code 3, outcome diverged
+        write_run(run, 9.0, finished=False, diverged=True, outcome='diverged')
+    elif loss == 'diverged-old':              # older train.py: finished, with a tempting (untrained) loss
+        write_run(run, 1.0, finished=True, diverged=True)
+    elif loss == 'diverged-json':             # older compare.py's mark beside a run that died non-finite
+        write_run(run, 1.0, finished=False)
+        (run / 'diverged.json').write_text(json.dumps({'diverged': True}))
+    elif loss == 'did-not-learn':             # train.py's exit code 4 (a tempting loss here: the outcome decides)
+        write_run(run, 1.0, outcome='did_not_learn')
+    elif loss == 'unfinished':
+        write_run(run, 1.0, finished=False)
+        (run / 'ckpt.pt').write_bytes(b'')    # resumable: not done, not missing
+    else:
+        write_run(run, loss)
 
 
 def test_tuning_picks_the_minimum_in_the_middle_and_warns_of_no_edge(tmp_path, data, capsys):
@@ -120,15 +129,46 @@ def test_a_diverged_rate_is_a_failed_rate_never_chosen(tmp_path, data, form, leg
     tuning = tuning_of(out, data, [1e-3, 2e-3, 4e-3], [1.95, 1.80, form])
     assert tuning['chosen'] == {'gelu': 2e-3}
     assert [e['status'] for e in tuning['runs']['gelu']] == ['done', 'done', 'diverged']
-    assert '| gelu | 1.9500 | **1.8000** | diverged | 0.002 |' in report.tuning_lines(tuning)
-    replot(out, data, '--activations=gelu', '--seeds=1', '--tune_lr=1e-3,2e-3,4e-3')
-    assert (out / 'lr_sweep.png').exists() and 'gelu (1 rate diverged)' in legends
+    assert '| gelu | 1.9500 | **1.8000** | diverged | 0.002 | +0.1500 over 0.001 |' in report.tuning_lines(tuning)
+    replot(out, data, '--activations=gelu', '--seeds=1', '--tune_lr=1e-3,2e-3,4e-3', '--tune_seeds=0')
+    assert (out / 'lr_sweep.png').exists() and 'gelu (1 rate failed)' in legends
 
 
 def test_an_unfinished_rate_holds_the_choice_back(tmp_path, data):
     tuning = tuning_of(tmp_path / 'out', data, [1e-3, 2e-3, 4e-3], [1.95, 'unfinished', 1.99])
-    assert tuning['chosen'] == {} and tuning['all_diverged'] == []
-    assert '| gelu | 1.9500 | unfinished | 1.9900 | – |' in report.tuning_lines(tuning)
+    assert tuning['chosen'] == {} and tuning['all_failed'] == []
+    assert '| gelu | 1.9500 | unfinished | 1.9900 | – | – |' in report.tuning_lines(tuning)
+
+
+def test_two_tuning_seeds_choose_the_lowest_mean_where_the_seeds_disagree(tmp_path, data, capsys):
+    """Seed 0 alone would pick 4e-3 (1.80 < 1.82); seed 1000 prefers 2e-3 (1.84 < 1.90): the means (1.96, 1.83,
+    1.85) put the choice in the middle of the grid, 0.02 ahead of 4e-3, and the paired interval over the two tuning
+    seeds (differences -0.02 and +0.06, 1 degree of freedom) says how little two seeds settle."""
+    out = tmp_path / 'out'
+    tuning = tuning_of(out, data, [1e-3, 2e-3, 4e-3], [[1.95, 1.97], [1.82, 1.84], [1.80, 1.90]], seeds=(0, 1000))
+    assert tuning['chosen'] == {'gelu': 2e-3} and tuning['edges'] == {}
+    choice = tuning['choices']['gelu']
+    half = T975[1] * np.std([-0.02, 0.06], ddof=1) / math.sqrt(2)          # 12.7062 x 0.0566 / 1.414 = 0.5082
+    assert choice['runner_up'] == 4e-3 and choice['margin'] == pytest.approx(0.02, abs=1e-12)
+    assert choice['low'] == pytest.approx(0.02 - half, abs=1e-5) and choice['high'] == pytest.approx(0.02 + half, abs=1e-5)
+    table = '\n'.join(report.tuning_lines(tuning))
+    assert '| gelu | 1.9600 | **1.8300** | 1.8500 | 0.002 | +0.0200 over 0.004 [−0.4882, +0.5282] |' in table
+    assert 'tuning seeds 0, 1000' in table
+    replot(out, data, '--activations=gelu', '--seeds=1', '--tune_lr=1e-3,2e-3,4e-3', '--tune_seeds=0,1000')
+    rows = read_rows(out / 'tuning.csv')
+    assert list(rows[0]) == ['variant', 'learning_rate', 'seed', 'final_val_loss', 'chosen', 'outcome']
+    assert len(rows) == 6 and {(r['learning_rate'], r['seed'], r['final_val_loss'], r['chosen']) for r in rows} == {
+        ('0.001', '0', '1.95', 'False'), ('0.001', '1000', '1.97', 'False'), ('0.002', '0', '1.82', 'True'),
+        ('0.002', '1000', '1.84', 'True'), ('0.004', '0', '1.8', 'False'), ('0.004', '1000', '1.9', 'False')}
+    assert '+0.0200 over 0.004' in (out / 'summary.md').read_text()
+
+
+def test_a_rate_that_did_not_learn_on_one_tuning_seed_is_a_failed_rate(tmp_path, data):
+    tuning = tuning_of(tmp_path / 'out', data, [1e-3, 2e-3], [[1.90, 1.92], ['did-not-learn', 1.50]], seeds=(0, 1000))
+    assert tuning['chosen'] == {'gelu': 1e-3}
+    assert [e['status'] for e in tuning['runs']['gelu']] == ['done', 'did not learn']
+    assert '| gelu | **1.9100** | did not learn (s0 did not learn) | 0.001 | no other rate finished |' in \
+        report.tuning_lines(tuning)
 
 
 def test_a_tie_goes_to_the_lower_rate(tmp_path, data):
@@ -141,17 +181,19 @@ def test_every_rate_diverged_is_said_in_one_line_and_the_others_go_on(tmp_path, 
     tuning_of(out, data, [1e-3, 2e-3], ['diverged', 'diverged-old'], act='polynorm')
     tuning = tuning_of(out, data, [1e-3, 2e-3], [1.9, 1.8], act='gelu')
     settings, train, typed = compare.parse_args([f'--dataset={data}', f'--out_dir={out}', '--tune_lr=1e-3,2e-3',
-                                                 '--activations=gelu,polynorm', '--seeds=1'])
+                                                 '--activations=gelu,polynorm', '--seeds=1', '--tune_seeds=0'])
     plan = compare.Plan(settings, train, typed)
     tuning = plan.tuning(plan.levels[0])
-    assert tuning['all_diverged'] == ['polynorm'] and tuning['chosen'] == {'gelu': 2e-3}
+    assert tuning['all_failed'] == ['polynorm'] and tuning['chosen'] == {'gelu': 2e-3}
     capsys.readouterr()
     compare.announce_tuning(plan.levels[0], tuning)
     said = [line for line in capsys.readouterr().out.splitlines() if 'every tuning rate of polynorm diverged' in line]
     assert len(said) == 1 and '--tune_lr' in said[0]
-    assert '| polynorm | diverged | diverged | every rate diverged |' in report.tuning_lines(tuning)
-    replot(out, data, '--activations=gelu,polynorm', '--seeds=1', '--tune_lr=1e-3,2e-3')
-    assert 'polynorm (every rate diverged)' in legends
+    assert '| polynorm | diverged | diverged | every rate failed | – |' in report.tuning_lines(tuning)
+    with pytest.raises(SystemExit) as exit_:            # polynorm has no result: compare.py says so and fails
+        replot(out, data, '--activations=gelu,polynorm', '--seeds=1', '--tune_lr=1e-3,2e-3', '--tune_seeds=0')
+    assert exit_.value.code == 1
+    assert 'polynorm (every rate failed)' in legends
 
 
 def test_only_a_run_that_ended_diverged_counts_as_diverged(tmp_path):
@@ -259,7 +301,9 @@ def test_a_diverged_run_is_marked_everywhere_and_left_out_of_every_number(tmp_pa
             write_run(out / f'polynorm-s{seed}', p)
     for seed in (1, 2, 3):                        # swiglu: every seed diverged (train.py now)
         write_run(out / f'swiglu-s{seed}', 9.0, finished=False, diverged=True, outcome='diverged')
-    replot(out, data, '--activations=gelu,polynorm,swiglu', '--seeds=1,2,3')
+    with pytest.raises(SystemExit) as exit_:      # swiglu has no result: the report is written, then status 1
+        replot(out, data, '--activations=gelu,polynorm,swiglu', '--seeds=1,2,3')
+    assert exit_.value.code == 1
     rows = {r['activation']: r for r in read_rows(out / 'summary.csv')}
     assert rows['polynorm']['diverged'] == '2' and rows['polynorm']['n_seeds'] == '2'
     assert float(rows['polynorm']['final_val_loss']) == pytest.approx((1.90 + 1.91) / 2, abs=1e-12)
@@ -280,7 +324,37 @@ def test_a_diverged_run_is_marked_everywhere_and_left_out_of_every_number(tmp_pa
     ordering = next(line for line in markdown.splitlines() if line.startswith('Final val loss, lowest first'))
     assert 'swiglu' not in ordering
     assert any(t.startswith('polynorm (val') and t.endswith('; s2 diverged)') for t in legends), legends
-    assert 'swiglu: every seed diverged (s1, s2, s3)' in legends
+    assert 'swiglu: no result (s1, s2, s3 diverged)' in legends
+
+
+def test_a_run_that_did_not_learn_is_marked_and_left_out_and_a_variant_with_none_fails(tmp_path, data, legends,
+                                                                                     capsys):
+    out = tmp_path / 'out'
+    for seed, g in enumerate([2.00, 2.02, 2.05], start=1):
+        write_run(out / f'gelu-s{seed}', g)
+        write_run(out / f'polynorm-s{seed}', 3.6 if seed == 3 else g - 0.1,
+                  outcome='did_not_learn' if seed == 3 else 'finished')
+        write_run(out / f'swiglu-s{seed}', 3.9, outcome='did_not_learn')    # e.g. --learning_rate=3
+    with pytest.raises(SystemExit) as exit_:
+        replot(out, data, '--activations=gelu,polynorm,swiglu', '--seeds=1,2,3')
+    assert exit_.value.code == 1
+    said = capsys.readouterr().err.strip()
+    assert said.startswith('error: no result for swiglu (every run: did not learn)') and '\n' not in said
+    rows = {r['activation']: r for r in read_rows(out / 'summary.csv')}
+    assert rows['polynorm']['did_not_learn'] == '3' and rows['polynorm']['n_seeds'] == '2'
+    assert float(rows['polynorm']['delta_val_mean']) == pytest.approx(-0.1, abs=1e-12)   # seeds 1 and 2 only
+    assert rows['swiglu']['verdict'] == 'did not learn' and rows['swiglu']['final_val_loss'] == 'nan'
+    outcomes = {(r['variant'], int(r['seed'])): (r['outcome'], r['final_val_loss']) for r in read_rows(out / 'runs.csv')}
+    assert outcomes[('polynorm', 3)] == ('did not learn', '3.6') and outcomes[('swiglu', 1)] == ('did not learn', '3.9')
+    markdown = (out / 'summary.md').read_text()
+    assert '**Runs that did not learn (final val loss not below the unigram entropy of the training tokens), left ' \
+           'out of every mean, interval and verdict below: polynorm-s3' in markdown
+    assert '| polynorm | 0.001 | 2 (s3 did not learn) |' in markdown
+    assert '| swiglu | 0.001 | 0 (s1, s2, s3 did not learn) |' in markdown
+    ordering = next(line for line in markdown.splitlines() if line.startswith('Final val loss, lowest first'))
+    assert 'swiglu' not in ordering
+    assert any(t.startswith('polynorm (val') and t.endswith('; s3 did not learn)') for t in legends), legends
+    assert 'swiglu: no result (s1, s2, s3 did not learn)' in legends
 
 
 def test_the_paired_differences_figure_draws_each_seed_its_mean_and_interval(tmp_path, data, monkeypatch):

@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,32 @@ def assert_same_tensors(a, b):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_a_run_that_learned_nothing_is_no_result_exit_4_and_one_line(data_dir, tmp_path):
+    """4 iterations leave the val loss (~3.2) above what letter frequencies alone give (the unigram entropy of the
+    train split, ~2.90 here, counted below by hand from train.bin): train.py says so in one line and exits 4."""
+    out = str(tmp_path / 'out')
+    done = train(f'--dataset={data_dir}', f'--out_dir={out}', '--max_iters=4', '--check_learned=True', check=False)
+    assert done.returncode == 4, done.stdout + done.stderr
+    line = done.stderr.strip()
+    assert '\n' not in line and line.startswith('did not learn: final val loss') and '--learning_rate' in line
+    tokens = np.fromfile(os.path.join(data_dir, 'train.bin'), dtype=np.uint16)
+    p = np.bincount(tokens) / len(tokens)
+    entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
+    summary = json.load(open(os.path.join(out, 'summary.json')))
+    assert summary['outcome'] == 'did_not_learn' and summary['finished'] is True
+    assert summary['unigram_entropy'] == pytest.approx(entropy, abs=1e-9)
+    assert summary['final_val_loss'] >= entropy and f"is not below {entropy:.4f}" in line
+
+
+def test_a_run_that_learned_passes_the_check(data_dir, tmp_path):
+    out = str(tmp_path / 'out')
+    done = train(f'--dataset={data_dir}', f'--out_dir={out}', '--max_iters=40', '--eval_interval=40',
+                 '--learning_rate=1e-2', '--lr_decay_iters=-1', '--check_learned=True')
+    summary = json.load(open(os.path.join(out, 'summary.json')))
+    assert summary['outcome'] == 'finished' and summary['final_val_loss'] < summary['unigram_entropy']
+    assert done.stdout.strip().splitlines()[-1].startswith('done: 40 iterations')
 
 
 def test_resume_is_bitwise_exact_and_drops_rows_of_a_killed_run(data_dir, tmp_path):

@@ -24,10 +24,12 @@ RUN_FILES = ('ckpt.pt', 'ckpt_best.pt', 'log.csv', 'coeffs.csv', 'moe.csv', 'sum
 RESUME_KEYS = ('model', 'optimizer', 'model_args', 'config', 'iter_num', 'tokens', 'best_val_loss', 'rng')
 LOG_COLUMNS = ['iter', 'tokens', 'train_loss', 'val_loss', 'lr', 'ms_per_iter', 'tokens_per_sec', 'mfu', 'elapsed_s',
                'balance_loss', 'z_loss', 'expert_cv', 'grad_norm']
-# summary.json, one schema for every way a run ends (outcome: 'finished', 'diverged' or 'stopped')
+# summary.json, one schema for every way a run ends (outcome: 'finished', 'did_not_learn', 'diverged' or 'stopped';
+# finished is true for the first two: the schedule ran to its end)
 SUMMARY_KEYS = ('outcome', 'finished', 'diverged', 'iter', 'tokens', 'final_val_loss', 'best_val_loss', 'best_iter',
                 'tokens_per_sec', 'ms_per_iter', 'mfu', 'speed_iters', 'speed_includes_warmup', 'other_load_cores',
-                'peak_mem_mb', 'total_params', 'active_params', 'elapsed_s', 'device', 'dtype', 'world_size')
+                'peak_mem_mb', 'total_params', 'active_params', 'elapsed_s', 'device', 'dtype', 'world_size',
+                'unigram_entropy')
 
 
 def resume_command(argv, out_dir, world_size, nodes):
@@ -98,8 +100,24 @@ class RunFolder:
                   flush=True)
         self.previous_run = [name for name in RUN_FILES if os.path.exists(os.path.join(self.dir, name))]
         if init_from == 'scratch' and self.previous_run and not overwrite:
-            fail(f"{self.dir} already holds a run ({', '.join(self.previous_run)}); continue it with "
-                 f"--init_from=resume, replace it with --overwrite=True, or use another --out_dir")
+            fail(self.occupied_message())
+
+    def occupied_message(self):
+        """Why a scratch run may not start in a folder that holds a run, and what to do: resume only what can be."""
+        held = f"{self.dir} already holds a run ({', '.join(self.previous_run)})"
+        if 'ckpt.pt' in self.previous_run:
+            return (f"{held}; continue it with --init_from=resume, replace it with --overwrite=True, or use another "
+                    f"--out_dir")
+        try:
+            with open(os.path.join(self.dir, 'summary.json')) as f:
+                summary = json.load(f)
+        except (OSError, ValueError):
+            summary = {}
+        if summary.get('outcome') == 'diverged' or summary.get('diverged'):
+            return (f"{held} that diverged before saving a checkpoint: nothing to resume; choose a new --out_dir (or "
+                    f"replace the failed run with --overwrite=True) and a lower --learning_rate")
+        return (f"{held} with no checkpoint: nothing to resume; replace it with --overwrite=True or use another "
+                f"--out_dir")
 
     def state(self, init_from, start_iter):
         """What the run does with the folder, for the line that names it at the start."""
@@ -247,11 +265,11 @@ class RunFolder:
                   f"{' (the logs were cut back to it)' if self.last_saved is not None else ''}. "
                   f"{self.how_to_continue()}", file=sys.stderr)
 
-    def nothing_to_train(self, max_iters, **progress):
+    def nothing_to_train(self, max_iters, outcome='finished', **progress):
         """A finished run resumed with the same max_iters (compare.py may do this after a kill between the last
         checkpoint and summary.json): make sure summary.json exists, change nothing else."""
         if self.master and not os.path.exists(os.path.join(self.dir, 'summary.json')):
-            self.write_summary(outcome='finished', **progress)
+            self.write_summary(outcome=outcome, **progress)
         if self.master:
             print(f"nothing to train: {self.ckpt_path} is at iter {progress['iter']} and max_iters is {max_iters}; "
                   f"pass a larger --max_iters to continue", flush=True)
@@ -261,7 +279,8 @@ class RunFolder:
         """summary.json: every key of SUMMARY_KEYS (None where a run has no such number), from the outcome."""
         outcome = numbers['outcome']
         summary = {key: numbers.get(key) for key in SUMMARY_KEYS}
-        summary.update(finished=outcome == 'finished', diverged=outcome == 'diverged' or bool(numbers.get('diverged')))
+        summary.update(finished=outcome in ('finished', 'did_not_learn'),
+                       diverged=outcome == 'diverged' or bool(numbers.get('diverged')))
         if outcome == 'diverged' and summary['best_iter'] is None:
             summary['best_val_loss'] = None   # no checkpoint holds it: the untrained model's first evaluation
         try:
