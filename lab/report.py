@@ -127,7 +127,8 @@ RUN_COLUMNS = ['variant', 'lr', 'seed', 'outcome', 'final_val_loss', 'best_val_l
 
 def write_runs_csv(runs, lrs, diverged, path):
     """One row per run, diverged ones included (outcome 'diverged', no numbers): the per-seed numbers behind every
-    mean and interval of summary.csv, so anyone can recompute them (and a README test does) after the runs are gone."""
+    mean and interval of summary.csv, so anyone can recompute them (and tests/test_readme_results.py does) after the
+    runs are gone."""
     with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
         writer.writeheader()
