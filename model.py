@@ -2,7 +2,7 @@
 nanoPoly model: a one-file GPT (dense or mixture-of-experts) whose FFN activation is one argument, built around the
 Polynomial Composition activations (PolyCom) of Zhuo et al., "Polynomial Composition Activations: Unleashing the
 Dynamics of Large Language Models" (ICLR 2025, arXiv 2411.03884). Everything around the FFN is a visible GPTConfig
-knob; the README's "Fidelity to the paper" lists where a default differs from the official models.
+knob; "Fidelity to the paper" in docs/guide.md lists where a default differs from the official models.
 
 Reading order: the activations as formulas and their registry ACTIVATIONS (to add an activation: one entry there,
 plus a test) -> config -> FFN (widths: ffn_hidden_size) -> MoE -> attention -> block -> GPT -> the fast paths
@@ -706,7 +706,7 @@ class GPT(nn.Module):
 # memory and speed only; a reader of the model can stop here.
 # - PolyCom Functions: plain autograd of Σ a_p N(x^p) keeps x, x², x³, three normed tensors and more for backward,
 #   ~3x a GELU FFN's activation memory. These save only x (PolyNorm also r inverse RMS values per token) and compute
-#   the gradients in closed form: the bench model saves 367.9 MiB vs GELU's 367.7 MiB (README, "Memory").
+#   the gradients in closed form: the bench model saves 367.9 MiB vs GELU's 367.7 MiB (docs/guide.md, "Memory").
 #   Powers and norms are computed in (at least) fp32, also under bf16 autocast.
 # - grouped_matmul: the MoE's experts as one grouped product per weight instead of a loop over experts, with a
 #   backward built from forward calls, registered as a custom op so that torch.compile(fullgraph=True) works.

@@ -10,6 +10,6 @@ out_dir = 'out-compare-order'
 variants = ','.join(f'polynorm-r{r}=polynorm:poly_order={r}' for r in range(1, 7))
 baseline = 'polynorm-r3'
 seeds = '1,2,3'
-tune_lr = '2e-3,4e-3,8e-3'               # brackets PolyNorm's tuned 4e-3 (README); an edge optimum is warned about
-tune_seeds = '0'         # one tuning seed, as the README's recorded result (the default tunes on 0 and 1000)
+tune_lr = '2e-3,4e-3,8e-3'               # brackets PolyNorm's tuned 4e-3 (docs/results.md); an edge optimum is warned about
+tune_seeds = '0'         # one tuning seed, as the recorded result (the default tunes on 0 and 1000)
 parallel = 2

@@ -6,5 +6,5 @@
 # Does PolyNorm's lead over GELU still shrink with size (+0.060 per 10x parameters at the shared rate)?
 out_dir = 'out-scaling-tuned'
 seeds = '1,2,3'
-tune_lr = '2e-3,4e-3,8e-3,1.6e-2'   # 1.6e-2 added when 2x64 chose 8e-3 on 2e-3..8e-3; edge choices checked one rate beyond (README)
-tune_seeds = '0'         # one tuning seed, as the README's recorded result (the default tunes on 0 and 1000)
+tune_lr = '2e-3,4e-3,8e-3,1.6e-2'   # 1.6e-2 added when 2x64 chose 8e-3 on 2e-3..8e-3; edge choices checked (docs/results.md)
+tune_seeds = '0'         # one tuning seed, as the recorded result (the default tunes on 0 and 1000)

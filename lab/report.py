@@ -133,8 +133,8 @@ RUN_COLUMNS = ['variant', 'lr', 'seed', 'outcome', 'final_val_loss', 'best_val_l
 
 def write_runs_csv(runs, lrs, failed, path):
     """One row per run, failed ones included (outcome 'diverged', no numbers, or 'did not learn', its final val loss):
-    the per-seed numbers behind every mean and interval of summary.csv, so anyone can recompute them (and a README
-    test does) after the runs are gone. failed: load_runs' list."""
+    the per-seed numbers behind every mean and interval of summary.csv, so anyone can recompute them (and
+    tests/test_readme_results.py does) after the runs are gone. failed: load_runs' list."""
     with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
         writer.writeheader()

@@ -1,7 +1,9 @@
 """
-The README's result tables say what the recorded files under assets/ say: every number a reader acts on (means,
-paired differences, interval bounds, verdicts) is checked against the report that produced it, and each interval is
+The result tables say what the recorded files under assets/ say: every number a reader acts on (means, paired
+differences, interval bounds, verdicts) is checked against the report that produced it, and each interval is
 recomputed from its mean and std (Student t, n - 1 degrees of freedom), so a hand-edited or stale number fails here.
+The full result sections live in docs/results.md; the 10-seed headline table is also on the front page (README.md),
+and both copies are checked, as is every number the front page quotes about the results.
 """
 import csv
 import math
@@ -13,6 +15,7 @@ from scipy import stats as scipy_stats
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / 'README.md').read_text(encoding='utf-8')
+RESULTS = (REPO / 'docs' / 'results.md').read_text(encoding='utf-8')   # every result's full section
 NUMBER = r'[−+-]?\d+\.\d+'
 
 
@@ -34,13 +37,13 @@ def table_after(heading, text):
 
 
 def tuned_summary_rows():
-    """{activation: cells} of the table in assets/summary_tuned.md (the report the README's tuned table quotes)."""
+    """{activation: cells} of the table in assets/summary_tuned.md (the report the results page's tuned table quotes)."""
     rows = table_after('| activation | lr |', (REPO / 'assets' / 'summary_tuned.md').read_text(encoding='utf-8'))
     return {row[0]: row for row in rows}
 
 
 def test_the_tuned_table_quotes_its_report():
-    readme_rows = table_after('### Where the rates come from: the 3-seed tuning run', README)
+    readme_rows = table_after('### Where the rates come from: the 3-seed tuning run', RESULTS)
     summary = tuned_summary_rows()
     assert [row[0] for row in readme_rows] == ['GELU', 'SwiGLU', 'PolyReLU', 'PolyNorm']
     for name, lr, loss, delta, verdict in readme_rows:
@@ -72,7 +75,7 @@ def test_each_tuned_interval_is_the_student_t_interval_of_its_differences(activa
 def test_the_scaling_table_quotes_its_csv():
     rows = {(r['size'], r['activation']): r for r in
             csv.DictReader(open(REPO / 'assets' / 'scaling_shakespeare_char.csv', encoding='utf-8'))}
-    readme_rows = table_after('| non-embedding params | GELU |', README[README.index('## Scaling'):])
+    readme_rows = table_after('| non-embedding params | GELU |', RESULTS[RESULTS.index('## Scaling'):])
     assert len(readme_rows) == 4
     for cells in readme_rows:
         size = re.search(r'\((\d+x\d+)\)', cells[0]).group(1)
@@ -88,7 +91,9 @@ def test_the_scaling_table_quotes_its_csv():
 
 
 # ----------------------------------------------------------------------------- the 10-seed headline
-HEADLINE = '## Results: each activation at its own learning rate, 10 seeds'
+HEADLINE = '## Each activation at its own learning rate, 10 seeds'   # its full section in docs/results.md
+FRONT_HEADLINE = '## The headline, 10 seeds'                         # its copy on the front page
+HEADLINE_COPIES = [('README.md', FRONT_HEADLINE), ('docs/results.md', HEADLINE)]
 NAMES = {'GELU': 'gelu', 'SwiGLU': 'swiglu', 'PolyReLU': 'polyrelu', 'PolyNorm': 'polynorm'}
 
 
@@ -99,16 +104,21 @@ def per_seed_losses(csv_name, size=None):
     for row in csv.DictReader(open(REPO / 'assets' / csv_name, encoding='utf-8')):
         if size is not None and row['size'] != size:
             continue
-        assert row['outcome'] == 'finished', row              # a diverged run would need a README line of its own
+        assert row['outcome'] == 'finished', row              # a diverged run would need a line of its own
         losses.setdefault(row['variant'], {})[int(row['seed'])] = float(row['final_val_loss'])
         rates.setdefault(row['variant'], set()).add(float(row['lr']))
     assert all(len(r) == 1 for r in rates.values()), rates   # one rate per variant: its tuned (or fixed) one
     return losses, {v: r.pop() for v, r in rates.items()}
 
 
-def section_text(start, end):
-    """The README between two headings, its lines rejoined, so that a quoted number may wrap across lines."""
-    return ' '.join(README[README.index(start):README.index(end)].split())
+def section_text(start, end, text=RESULTS):
+    """A document (docs/results.md unless told) from one heading to the next given one (None: to its end), its lines
+    rejoined, so that a quoted number may wrap across lines."""
+    return ' '.join(text[text.index(start):text.index(end) if end else len(text)].split())
+
+
+def document(name):
+    return {'README.md': README, 'docs/results.md': RESULTS}[name]
 
 
 def headline_losses():
@@ -131,12 +141,14 @@ def verdict(low, high):
     return 'better' if high < 0 else 'worse' if low > 0 else 'not resolved'
 
 
-def test_the_headline_table_is_recomputed_from_the_per_seed_losses():
-    """Every number of the README's 10-seed table, from the 40 per-seed losses: mean ± sample std, and each paired
-    interval against GELU and against SwiGLU (Student t, 9 degrees of freedom), to the printed 4 decimals."""
+@pytest.mark.parametrize('name, heading', HEADLINE_COPIES)
+def test_the_headline_table_is_recomputed_from_the_per_seed_losses(name, heading):
+    """Every number of the 10-seed table (the front page's copy and the results page's), from the 40 per-seed
+    losses: mean ± sample std, and each paired interval against GELU and against SwiGLU (Student t, 9 degrees of
+    freedom), to the printed 4 decimals."""
     losses = headline_losses()
     assert sorted(losses) == sorted(NAMES.values()) and all(sorted(v) == list(range(1, 11)) for v in losses.values())
-    rows = table_after(HEADLINE, README)
+    rows = table_after(heading, document(name))
     assert [row[0] for row in rows] == list(NAMES)
     for name, _, loss, *pairs in rows:
         values = list(losses[NAMES[name]].values())
@@ -152,13 +164,14 @@ def test_the_headline_table_is_recomputed_from_the_per_seed_losses():
             assert said == verdict(*expected[1:]), (name, base)
 
 
+@pytest.mark.parametrize('name, heading', HEADLINE_COPIES)
 @pytest.mark.parametrize('report, baseline', [('summary_headline.md', 'gelu'),
                                               ('summary_headline_vs_swiglu.md', 'swiglu')])
-def test_the_headline_reports_say_what_the_readme_says(report, baseline):
-    """The two recorded reports (compare.py --replot with each baseline) print the README's numbers."""
+def test_the_headline_reports_say_what_the_readme_says(report, baseline, name, heading):
+    """The two recorded reports (compare.py --replot with each baseline) print the numbers of both copies."""
     summary = {row[0]: row for row in table_after('| activation | lr |', (REPO / 'assets' / report).read_text('utf-8'))}
     column = 3 if baseline == 'gelu' else 5
-    for row in table_after(HEADLINE, README):
+    for row in table_after(heading, document(name)):
         cells = summary[NAMES[row[0]]]
         assert float(row[1]) == float(cells[1]) and cells[2] == '10' and row[2] == cells[4], row[0]
         if NAMES[row[0]] == baseline:
@@ -171,11 +184,11 @@ def test_the_headline_reports_say_what_the_readme_says(report, baseline):
 
 # ----------------------------------------------------------------------------- the order r and the compositions
 def check_paired_table(heading, csv_name, baseline, variants, seeds):
-    """A README table whose rows are `variant | lr | mean ± std | Δ vs baseline [CI] | verdict | ...`, recomputed
+    """A results table whose rows are `variant | lr | mean ± std | Δ vs baseline [CI] | verdict | ...`, recomputed
     from the per-seed losses: every variant of the csv in the given order, on the given seeds."""
     losses, rates = per_seed_losses(csv_name)
     assert list(losses) == variants and all(sorted(v) == seeds for v in losses.values())
-    rows = table_after(heading, README)
+    rows = table_after(heading, RESULTS)
     assert [row[0].strip('`') for row in rows] == variants
     for name, lr, loss, delta, said, *_ in rows:
         name = name.strip('`')
@@ -193,7 +206,7 @@ def check_paired_table(heading, csv_name, baseline, variants, seeds):
     return rows
 
 
-ORDER = '## Results: the order r of PolyNorm'
+ORDER = '## The order r of PolyNorm'
 ORDERS = [f'polynorm-r{r}' for r in range(1, 7)]
 
 
@@ -203,7 +216,7 @@ def bench_rows(name):
 
 
 def check_cost_columns(rows, bench_name):
-    """The last three columns of a README results table (step time × GELU eager and compiled, saved bytes per token)
+    """The last three columns of a results table (step time × GELU eager and compiled, saved bytes per token)
     are its bench.py run's: the rows `<variant> eager` and `<variant> compiled` of the recorded report."""
     bench = bench_rows(bench_name)
     for name, *_, eager, compiled, saved in rows:
@@ -219,13 +232,13 @@ def test_the_order_table_is_recomputed_from_the_per_seed_losses_and_its_bench_ru
 
 
 def test_r3_of_the_order_runs_reproduces_the_headline_s_polynorm_to_the_last_digit():
-    """The README says r = 3 at 4e-3 is the headline's PolyNorm (same recipe, rate and seeds): the same losses."""
+    """The results page says r = 3 at 4e-3 is the headline's PolyNorm (same recipe, rate and seeds): the same losses."""
     order, rates = per_seed_losses('runs_order.csv')
     assert rates['polynorm-r3'] == 4e-3
     assert order['polynorm-r3'] == {s: headline_losses()['polynorm'][s] for s in (1, 2, 3)}
 
 
-COMPOSITIONS = '## Results: the compositions'
+COMPOSITIONS = '## The compositions'
 COMPOSITION_NAMES = ['swiglu', 'polyrelu', 'polyprelu', 'polynorm', 'polyrelunorm', 'polynorm_glu']
 
 
@@ -282,7 +295,7 @@ def test_the_tuned_scaling_table_is_recomputed_from_the_per_seed_losses():
     assert list(losses) == SCALING_SIZES and list(params) == SCALING_SIZES
     assert all(list(losses[s]) == SCALING_NAMES and all(sorted(v) == [1, 2, 3] for v in losses[s].values())
                for s in SCALING_SIZES)
-    rows = table_after(TUNED_SCALING, README)
+    rows = table_after(TUNED_SCALING, RESULTS)
     assert [re.search(r'\((\d+x\d+)\)', row[0]).group(1) for row in rows] == SCALING_SIZES
     for size, (label, gelu, *deltas) in zip(SCALING_SIZES, rows):
         assert label.startswith(f'{params[size] / 1e6:.2f}M'), size
@@ -313,10 +326,10 @@ def tuned_gap_trend(name):
 
 @pytest.mark.parametrize('name', ['swiglu', 'polyrelu', 'polynorm'])
 def test_each_tuned_trend_the_readme_quotes_is_refitted_from_the_per_seed_losses(name):
-    """The README's slope per 10x parameters and its interval, and the recorded report's, are the least-squares fit
+    """The results page's slope per 10x parameters and its interval, and the recorded report's, are the least-squares fit
     of the per-seed paired differences (printed to 3 and 4 decimals)."""
     slope, low, high = tuned_gap_trend(name)
-    section = section_text(TUNED_SCALING, '## What is in here')
+    section = section_text(TUNED_SCALING, None)
     quoted = f'{slope:+.3f} per 10× parameters, 95% CI [{low:+.3f}, {high:+.3f}]'.replace('-', '−')
     assert quoted in section, name
     report = (REPO / 'assets' / 'scaling_tuned' / 'summary.md').read_text('utf-8')
@@ -325,10 +338,10 @@ def test_each_tuned_trend_the_readme_quotes_is_refitted_from_the_per_seed_losses
 
 
 def test_the_edge_checks_the_readme_quotes_are_the_recorded_runs_and_lost():
-    """Each edge choice's one-run-beyond check: the README quotes both seed-0 losses as recorded, the chosen rate is
+    """Each edge choice's one-run-beyond check: the results page quotes both seed-0 losses as recorded, the chosen rate is
     the one the sweep trained (so it was the grid's edge), and the run beyond the edge lost."""
     rates = tuned_scaling_runs()[1]
-    section = section_text(TUNED_SCALING, '## What is in here')
+    section = section_text(TUNED_SCALING, None)
     rows = list(csv.DictReader(open(REPO / 'assets' / 'scaling_tuned' / 'edge_checks.csv', encoding='utf-8')))
     assert len(rows) == 3
     for row in rows:
@@ -337,3 +350,33 @@ def test_the_edge_checks_the_readme_quotes_are_the_recorded_runs_and_lost():
         assert float(row['chosen_lr']) in (2e-3, 1.6e-2), row               # an edge of the config's grid
         assert beyond > chosen, row
         assert f'{beyond:.4f} at ' in section and f'against {chosen:.4f} at ' in section, row
+
+
+# ----------------------------------------------------------------------------- what the front page says about them
+def test_the_front_page_quotes_only_numbers_the_results_page_states():
+    """Every decimal number of the front page's summary of the results (headline caveats, one line each on the
+    order r, the compositions and scaling) is one that docs/results.md states, sign included."""
+    text = README[README.index(FRONT_HEADLINE):README.index('## Adding an activation')]
+    prose = ' '.join(line for line in text.splitlines() if not line.startswith('|'))
+    results = ' '.join(RESULTS.split())
+    quoted = re.findall(r'(?<![\d.])[−+]?\d+\.\d+', prose)
+    assert quoted, 'the front page quotes no result'
+    missing = [q for q in quoted if not re.search(r'(?<![\d.−+])' + re.escape(q) + r'(?![\d])', results)]
+    assert not missing, f'README quotes {missing}, which docs/results.md does not state'
+
+
+@pytest.mark.parametrize('name', ['README.md', 'docs/results.md'])
+def test_the_headline_s_polynorm_swiglu_caveat_is_recomputed(name):
+    """"PolyNorm lower on 8 of the 10 seeds" and "about 18 seeds for 80% power": counted and computed (lab.stats,
+    as compare.py does) from the per-seed losses."""
+    from lab import stats
+    losses = headline_losses()
+    d = [losses['polynorm'][s] - losses['swiglu'][s] for s in sorted(losses['polynorm'])]
+    lower = sum(x < 0 for x in d)
+    mean = sum(d) / len(d)
+    needed = stats.seeds_needed(mean, float(scipy_stats.tstd(d)))
+    heading = dict(HEADLINE_COPIES)[name]
+    end = '## Adding an activation' if name == 'README.md' else '### Where the rates come from'
+    text = section_text(heading, end, document(name))
+    assert f'lower on {lower} of the 10 seeds' in text or f'lower one on {lower} of the 10 seeds' in text
+    assert f'needs about {needed} seeds for 80% power' in text
