@@ -48,7 +48,8 @@ NEW_ACTIVATION = re.search(r"^ACTIVATIONS\['(\w+)'\] = ", ACTIVATION_BLOCK, re.M
 
 # ----------------------------------------------------------------------------- the rule table
 # flags appended to a README command so it finishes in seconds on a 2-core CPU
-TRAIN = ['--max_iters=2', '--eval_interval=1', '--eval_iters=1', '--log_interval=1']
+# 2 iterations learn nothing: check_learned off, or train.py would end each smoke run with "did not learn" (exit 4)
+TRAIN = ['--max_iters=2', '--eval_interval=1', '--eval_iters=1', '--log_interval=1', '--check_learned=False']
 SCRATCH = TRAIN + ['--overwrite=True']   # README and docs may both train into one out_dir (e.g. out-shakespeare-char)
 TINY_MODEL = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--ffn_hidden=64', '--block_size=16', '--batch_size=4']
 
@@ -358,7 +359,8 @@ def test_readme_has_commands_and_every_one_gets_a_rule(tmp_path):
                         ['python', 'train.py', '--init_from=resume']]
     plans = [Command(c, REPO, tmp_path).plan() for c in commands]
     assert [p[0] for p in plans] == ['run', 'skip', 'run', 'run']
-    assert plans[3][1][-4:] == ['--max_iters=4', '--eval_interval=1', '--eval_iters=1', '--log_interval=1']
+    assert plans[3][1][-5:] == ['--max_iters=4', '--eval_interval=1', '--eval_iters=1', '--log_interval=1',
+                                '--check_learned=False']
 
 
 @pytest.mark.parametrize('text, action, reason', [
