@@ -13,7 +13,7 @@ training/settings.py checks them before torch is imported (a wrong one costs one
 (training/run_folder.py): ckpt.pt (the latest good checkpoint), ckpt_best.pt, log.csv, coeffs.csv (PolyCom), moe.csv
 (MoE), summary.json, .lock. Ctrl-C or SIGTERM stops after the current iteration with a checkpoint (a second Ctrl-C stops
 at once, without saving). Exit status: 0 finished, 1 the run went wrong (disk full, ...), 2 bad settings, 3 diverged
-(training/divergence.py), 130 stopped.
+(training/divergence.py), 4 did not learn (final val loss not below the unigram entropy: check_learned), 130 stopped.
 
 Reproducibility: micro-batch positions are a pure function of (seed, step, global micro-step index) (data/dataset.py),
 so a resumed run sees exactly the batches an uninterrupted one would, and N ranks with G/N micro-steps each see the
