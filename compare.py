@@ -46,7 +46,8 @@ import sys
 from pathlib import Path
 
 import configurator
-from lab import analysis, report, runs, stats
+from data.dataset import dataset_dir
+from lab import analysis, downstream, report, runs, stats
 from lab.runs import read_json
 
 
@@ -73,6 +74,11 @@ class Settings:
     parallel: int = 0                  # runs at once: GPUs, one run each (0 = all visible); on CPU, N runs share
                                        # the cores, cores/N threads each (0 = one at a time)
     analysis_batch_size: int = 8       # validation sequences for the hidden-state analyses
+    eval: str = 'continuation'         # score every finished run's final checkpoint as eval.py does ('continuation',
+                                       # 'hellaswag'; '' = off): its accuracy and the paired Δ in summary.md/.csv
+    eval_items: int = 0                # eval.py's settings of these names (0 = eval.py's defaults)
+    eval_context_tokens: int = 0
+    eval_choice_tokens: int = 0
 
 
 COMPARE_KEYS = [f.name for f in dataclasses.fields(Settings)]
@@ -244,7 +250,10 @@ def check_activations(variants):
 
 def check_numbers(settings):
     """Ranges train.py's type check cannot see."""
-    for key, low in (('parallel', 0), ('analysis_batch_size', 1)):
+    if settings.eval and settings.eval not in downstream.TASKS:
+        raise CompareError(f"--eval={settings.eval}: expected one of {', '.join(downstream.TASKS)}, or --eval= (off)")
+    for key, low in (('parallel', 0), ('analysis_batch_size', 1), ('eval_items', 0), ('eval_context_tokens', 0),
+                     ('eval_choice_tokens', 0)):
         if getattr(settings, key) < low:
             raise CompareError(f"--{key}={getattr(settings, key)} must be >= {low}")
     if settings.head_size < 2 or settings.head_size % 2:
@@ -313,6 +322,8 @@ class Plan:
         base_lr, base_min = float(self.train['learning_rate']), float(self.train['min_lr'])
         self.min_lr_ratio = base_min / base_lr if base_lr > 0 else 0.1
         self.levels = self.make_levels(train_settings, command_line)
+        self.eval = downstream.Spec(settings.eval, settings.eval_items, 0, settings.eval_context_tokens,
+                                    settings.eval_choice_tokens) if settings.eval else None
 
     def make_levels(self, train_settings, command_line):
         settings = self.settings
@@ -424,12 +435,13 @@ class Plan:
                 'seeds': self.seeds, 'baseline': self.baseline, 'run_dirs': run_dirs, 'tuning': tuning,
                 'lrs': {a: lrs[a] if lrs[a] is not None or a in self.tuned else shared for a in self.acts},
                 'specs': {a: self.variants[a].spec for a in self.acts},
-                'expected_iters': level['max_iters'], 'level': level}
+                'expected_iters': level['max_iters'], 'level': level, 'eval': self.eval,
+                'eval_data': dataset_dir(self.train['dataset'])}
 
 
 def dataset_vocab(conf):
     """The model's vocabulary as train.py computes it (data.dataset's rules)."""
-    from data.dataset import dataset_dir, load_meta, model_vocab_size
+    from data.dataset import load_meta, model_vocab_size
     try:
         return model_vocab_size(load_meta(dataset_dir(conf.get('dataset', 'shakespeare_char'))))
     except (FileNotFoundError, ValueError) as e:
@@ -599,6 +611,16 @@ def check_train_settings(plan):
                 dataset_vocab(conf)
 
 
+def check_eval(plan):
+    """The downstream items (--eval) can be made and fit every run's block_size, before anything trains."""
+    if plan.eval is not None:
+        block_sizes = {plan.run_config(a, level['settings'])['block_size'] for level in plan.levels for a in plan.acts}
+        try:
+            downstream.check_spec(plan.eval, dataset_dir(plan.train['dataset']), block_sizes)
+        except (FileNotFoundError, ValueError) as e:
+            raise CompareError(f"--eval={plan.eval.task}: {e} (or turn the scoring off: --eval=)") from None
+
+
 def main(argv):
     settings, train_settings, command_line = parse_args(argv)
     plan = Plan(settings, train_settings, command_line)
@@ -609,6 +631,7 @@ def main(argv):
         return
     check_activations(plan.variants.values())
     check_train_settings(plan)
+    check_eval(plan)
     train_args = [as_argument(k, v) for k, v in train_settings.items()]
     Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
     try:

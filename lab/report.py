@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import figures, stats
+from lab import downstream, figures, stats
 from lab.analysis import ensure_analyses
 from lab.runs import load_runs
 
@@ -28,7 +28,7 @@ FAILED_VERDICTS = (DIVERGED, NOT_LEARNED, FAILED)
 # ----------------------------------------------------------------------------- tables
 def run_numbers(run):
     """The headline numbers of one finished run (nan where not available)."""
-    log, summary, analysis = run['log'], run['summary'], run['analysis'] or {}
+    log, summary, analysis, evaluation = run['log'], run['summary'], run['analysis'] or {}, run.get('eval') or {}
     val = log['val_loss'][~np.isnan(log['val_loss'])] if 'val_loss' in log else np.array([])
     train = log['train_loss'][~np.isnan(log['train_loss'])] if 'train_loss' in log else np.array([])
     tail = train[-max(1, len(train) // 10):]                              # last 10% of logged train losses
@@ -48,6 +48,9 @@ def run_numbers(run):
         'other_load_cores': get('other_load_cores'),
         'mean_effective_rank': analysis.get('mean_effective_rank', math.nan),
         'mean_layer_cosine': analysis.get('mean_consecutive_cosine', math.nan),
+        'eval_accuracy': evaluation.get('accuracy', math.nan),
+        'eval_accuracy_norm': evaluation.get('accuracy_norm', math.nan),
+        'eval_score_s': evaluation.get('score_s', math.nan),
     }
 
 
@@ -105,10 +108,34 @@ def summarize(runs, baseline, lrs, failed=None, order=None, specs=None):
         row.update({'delta_val_mean': pair['mean'], 'delta_val_std': pair['std'],
                     'delta_val_ci95_low': pair['low'], 'delta_val_ci95_high': pair['high'],
                     'verdict': pair['verdict'], 'n_pairs': pair['n'], 'seeds_needed': pair['seeds_needed']})
+        if any(np.isfinite(n['eval_accuracy']) for rs in numbers.values() for n in rs.values()):
+            row.update(eval_columns(act, by_seed, numbers.get(baseline, {}), baseline))
         loads = [n['other_load_cores'] for n in by_seed.values()]
         row['max_other_load_cores'] = max((x for x in loads if x is not None and np.isfinite(x)), default=math.nan)
         rows.append(row)
     return rows
+
+
+def eval_columns(act, by_seed, base, baseline):
+    """The downstream accuracy of one variant (mean ± sample std over its scored seeds) and its paired difference to
+    the baseline's on the same seeds: Student-t 95% interval and verdict (higher is better), as for the loss."""
+    row = {}
+    for key in ('eval_accuracy', 'eval_accuracy_norm'):
+        values = np.array([n[key] for n in by_seed.values()], dtype=float)
+        values = values[~np.isnan(values)]
+        row[key] = values.mean() if len(values) else math.nan
+        row[key + '_std'] = values.std(ddof=1) if len(values) > 1 else math.nan
+    accuracy = {s: n['eval_accuracy'] for s, n in by_seed.items()}
+    if act == baseline:
+        pair = {'n': None, 'mean': 0.0, 'std': math.nan, 'low': math.nan, 'high': math.nan, 'verdict': 'baseline'}
+    else:
+        pair = stats.paired_comparison(accuracy, {s: n['eval_accuracy'] for s, n in base.items()},
+                                       higher_is_better=True)
+        pair['verdict'] = pair['verdict'] if pair['n'] else '–'
+    row.update({'delta_eval_accuracy_mean': pair['mean'], 'delta_eval_accuracy_std': pair['std'],
+                'delta_eval_accuracy_ci95_low': pair['low'], 'delta_eval_accuracy_ci95_high': pair['high'],
+                'eval_n_pairs': pair['n'], 'eval_verdict': pair['verdict']})
+    return row
 
 
 def ordering(runs, key='final_val_loss'):
@@ -128,7 +155,7 @@ def write_summary_csv(rows, path):
 
 
 RUN_COLUMNS = ['variant', 'lr', 'seed', 'outcome', 'final_val_loss', 'best_val_loss', 'final_train_loss', 'ms_per_iter',
-               'tokens']
+               'tokens', 'eval_accuracy', 'eval_accuracy_norm']
 
 
 def write_runs_csv(runs, lrs, failed, path):
@@ -277,6 +304,54 @@ def write_tuning_csv(tuning, path):
                                      'chosen': entry['lr'] == tuning['chosen'].get(act), 'outcome': run['status']})
 
 
+def eval_lines(rows, runs, baseline):
+    """The downstream accuracy table of summary.md (compare.py --eval): what the items are, each variant's accuracy
+    and its paired difference to the baseline, and what the scoring cost against the training."""
+    results = [r['eval'] for rs in runs.values() for r in rs if r.get('eval')]
+    if not results or 'eval_accuracy' not in rows[0]:
+        return []
+    first, task = results[0], results[0]['task']
+    items = first['items']
+    if task == 'continuation':
+        what = (f"{items['n_items']:,} items from the val split of {items['dataset']} (seed {items['seed']}): a "
+                f"context of {items['context_tokens']} tokens, its true next {items['choice_tokens']} tokens and "
+                f"{items['n_choices'] - 1} distractor spans of {items['choice_tokens']} tokens from elsewhere in the "
+                f"split (all of one length, so the per-token accuracy ranks them as the sum does)")
+    else:
+        source = 'the official file' if items.get('official') else 'NOT the official file'
+        what = (f"{items['n_items']:,} HellaSwag items ({source}); per token: the summed log-likelihood divided by "
+                f"the ending's number of tokens")
+    same = len({r['items']['fingerprint'] for r in results}) == 1
+    train_s = [r['summary'].get('elapsed_s') for rs in runs.values() for r in rs if r.get('eval')]
+    score_s = [r['score_s'] for r in results]
+    cost = ''
+    if all(isinstance(t, (int, float)) and t > 0 for t in train_s):
+        cost = (f" Scoring took {np.mean(score_s):.1f} s per run on average, {np.sum(score_s) / np.sum(train_s):.1%} "
+                f"of the runs' training time.")
+    lines = [f'## Downstream: {task} accuracy', '',
+             f"Each run's final checkpoint answers the multiple-choice items `eval.py --task={task}` would give it: "
+             f"{what}. The answer is the choice with the highest log-likelihood given the context; chance is "
+             f"{first['chance']:.2f}. " + ('Every run answered the same items. ' if same else
+                                            '**The runs were scored on different items** (the dataset changed?): '
+                                            'compare the accuracies with care. ') +
+             f"Accuracy: mean ± sample std over seeds; Δ: minus {baseline}'s on the same seed, with the Student-t "
+             "95% interval over seeds; verdict better / worse only where that interval excludes 0. One run's own "
+             f"95% interval (Wilson) is in its eval_{task}.json." + cost, '',
+             f'| variant | seeds scored | accuracy | per token | Δ accuracy vs {baseline} [95% CI] | verdict |',
+             '|---|---|---|---|---|---|']
+    for row in rows:
+        if row['verdict'] in FAILED_VERDICTS:
+            continue
+        scored = sum(1 for r in runs.get(row['activation'], []) if r.get('eval'))
+        delta = {'verdict': row['eval_verdict'], 'delta_val_mean': row['delta_eval_accuracy_mean'],
+                 'delta_val_std': row['delta_eval_accuracy_std'], 'n_pairs': row['eval_n_pairs'] or 0,
+                 'delta_val_ci95_low': row['delta_eval_accuracy_ci95_low'],
+                 'delta_val_ci95_high': row['delta_eval_accuracy_ci95_high']}
+        lines.append(f"| {row['activation']} | {scored} | {fmt(row, 'eval_accuracy')} | "
+                     f"{fmt(row, 'eval_accuracy_norm')} | {delta_cell(delta)} | {row['eval_verdict']} |")
+    return lines + ['']
+
+
 def cost_lines(costs):
     """What each variant costs: its parameters (an order-r PolyCom adds r + 1 scalars per layer) and the time of one
     training step, measured by compare.py with bench.py's timing step before the runs started."""
@@ -374,6 +449,7 @@ def write_summary_md(group, rows, runs, partial, failed, path, command):
     note = load_note(rows)
     if note:
         lines += [note, '']
+    lines += eval_lines(rows, runs, baseline)
     lines += cost_lines(group.get('costs'))
     lines += tuning_lines(group.get('tuning'))
     Path(path).write_text('\n'.join(lines) + '\n')
@@ -413,6 +489,7 @@ def report_comparison(group, command, analysis_batch_size=8):
     baseline = group['baseline'] if group['baseline'] in runs else next(iter(runs), group['baseline'])
     group = dict(group, baseline=baseline)
     ensure_analyses(runs, analysis_batch_size)
+    downstream.ensure_evals(runs, group.get('eval'), group.get('eval_data'))
     rows = summarize(runs, baseline, group.get('lrs', {}), failed_seeds, group['acts'], group.get('specs'))
     if runs:
         figures.plot_loss_curves(runs, colors, out / 'loss_curves.png', group.get('lrs', {}),

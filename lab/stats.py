@@ -34,6 +34,20 @@ def t_interval(values, confidence=CONFIDENCE):
     return {'n': n, 'mean': mean, 'std': std, 'low': mean - half, 'high': mean + half}
 
 
+def wilson_interval(successes, n, confidence=CONFIDENCE):
+    """The Wilson score interval of a proportion successes / n (one run's accuracy on n items): unlike the normal
+    approximation p ± z·sqrt(p(1 - p)/n) it stays inside [0, 1] and keeps its coverage near 0 and 1 and for small n.
+    (low, high); (nan, nan) for n = 0."""
+    from scipy import stats
+    if n == 0:
+        return math.nan, math.nan
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def choose_rate(losses):
     """The learning-rate choice of a tuning sweep. losses: {rate: {tuning seed: final val loss}} of the rates whose
     every tuning seed finished and learned. The chosen rate has the lowest mean over the tuning seeds (a tie goes to
@@ -65,15 +79,15 @@ def std_ratio_interval(n, confidence=CONFIDENCE):
     return math.sqrt(df / stats.chi2.ppf(1 - tail, df)), math.sqrt(df / stats.chi2.ppf(tail, df))
 
 
-def verdict(interval):
-    """For a difference 'candidate minus baseline' of a loss (lower is better): better / worse when the interval
-    excludes 0, not resolved when it includes 0, and no verdict from one seed."""
+def verdict(interval, higher_is_better=False):
+    """For a difference 'candidate minus baseline' of a loss (lower is better; an accuracy with higher_is_better):
+    better / worse when the interval excludes 0, not resolved when it includes 0, and no verdict from one seed."""
     if interval['n'] < 2:
         return ONE_SEED
     if interval['high'] < 0:
-        return BETTER
+        return WORSE if higher_is_better else BETTER
     if interval['low'] > 0:
-        return WORSE
+        return BETTER if higher_is_better else WORSE
     return UNRESOLVED
 
 
@@ -84,12 +98,12 @@ def paired_differences(candidate, baseline):
             if np.isfinite(candidate[s]) and np.isfinite(baseline[s])}
 
 
-def paired_comparison(candidate, baseline):
+def paired_comparison(candidate, baseline, higher_is_better=False):
     """The full paired result: interval of the differences, verdict, and seeds needed to resolve the mean."""
     diffs = paired_differences(candidate, baseline)
     result = t_interval(list(diffs.values()))
     result['seeds'] = sorted(diffs)
-    result['verdict'] = verdict(result)
+    result['verdict'] = verdict(result, higher_is_better)
     result['seeds_needed'] = seeds_needed(result['mean'], result['std'])
     return result
 

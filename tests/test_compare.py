@@ -26,7 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4', '--eval_iters=2',
         '--eval_interval=2', '--log_interval=1', '--warmup_iters=1', '--learning_rate=3e-3', '--device=cpu',
-        '--dtype=float32', '--compile=False', '--check_learned=False']   # 4 iterations learn nothing
+        '--dtype=float32', '--compile=False', '--check_learned=False',   # 4 iterations learn nothing
+        '--eval_items=40', '--eval_context_tokens=8', '--eval_choice_tokens=4']   # items that fit block_size 16
 TINY_NO_SIZE = [a for a in TINY if not a.startswith(('--n_layer', '--n_embd', '--n_head'))]   # for --sizes runs
 FIGURES = ['loss_curves.png', 'effective_rank.png', 'layer_cosine.png', 'poly_coefficients.png', 'activation_curves.png']
 
@@ -149,6 +150,7 @@ def test_interrupted_and_extended_runs_resume_instead_of_restarting(comparison, 
         assert after[:len(before)] == before
         assert [int(r['iter']) for r in after][-2:] == [5, 6]
         assert json.loads((out_dir / f'{act}-s1' / 'summary.json').read_text())['iter'] == 6
+        assert json.loads((out_dir / f'{act}-s1' / 'eval_continuation.json').read_text())['iter_num'] == 6   # rescored
 
 
 def test_replot_works_from_the_logs_alone(comparison, tmp_path):
@@ -165,6 +167,46 @@ def test_replot_works_from_the_logs_alone(comparison, tmp_path):
     rows = read_rows(out_dir / 'summary.csv')
     assert [r['activation'] for r in rows] == ['gelu', 'polynorm']
     assert rows[1]['mean_effective_rank'] == 'nan' and float(rows[0]['mean_effective_rank']) >= 1
+
+
+def test_every_finished_run_is_scored_on_the_same_items_and_reported(comparison):
+    out_dir, _ = comparison
+    results = {a: json.loads((out_dir / f'{a}-s1' / 'eval_continuation.json').read_text())
+               for a in ('gelu', 'polynorm')}
+    assert results['gelu']['items'] == results['polynorm']['items']            # one fingerprint: item by item
+    assert results['gelu']['items']['n_items'] == 40 and all(r['iter_num'] == 4 for r in results.values())
+    rows = {r['activation']: r for r in read_rows(out_dir / 'summary.csv')}
+    for act, result in results.items():
+        assert float(rows[act]['eval_accuracy']) == pytest.approx(result['accuracy'])
+    assert rows['gelu']['eval_verdict'] == 'baseline' and rows['polynorm']['eval_verdict'] == 'one seed: no verdict'
+    assert float(rows['polynorm']['delta_eval_accuracy_mean']) == pytest.approx(
+        results['polynorm']['accuracy'] - results['gelu']['accuracy'])
+    assert {r['variant']: float(r['eval_accuracy']) for r in read_rows(out_dir / 'runs.csv')} == pytest.approx(
+        {a: r['accuracy'] for a, r in results.items()})
+    markdown = (out_dir / 'summary.md').read_text()
+    assert '## Downstream: continuation accuracy' in markdown and 'Every run answered the same items' in markdown
+
+
+def test_a_replot_reuses_the_scores_and_eval_off_scores_nothing(comparison, tmp_path):
+    out_dir, args = copy_of(comparison, tmp_path)
+    scores = {run: (out_dir / run / 'eval_continuation.json').read_bytes() for run in ('gelu-s1', 'polynorm-s1')}
+    done = run_compare(*args, '--replot')
+    assert 'scoring' not in done.stdout
+    assert all((out_dir / run / 'eval_continuation.json').read_bytes() == b for run, b in scores.items())
+    for run in scores:
+        (out_dir / run / 'eval_continuation.json').unlink()
+    done = run_compare(*args, '--replot', '--eval=')
+    assert not list(out_dir.rglob('eval_*.json')) and 'eval_accuracy' not in read_rows(out_dir / 'summary.csv')[0]
+    assert 'Downstream' not in (out_dir / 'summary.md').read_text()
+
+
+def test_items_that_do_not_fit_the_runs_are_refused_before_training(tmp_path):
+    done = run_compare(*TINY, f'--dataset={make_dataset(tmp_path / "tiny_char")}', '--max_iters=2',
+                       '--activations=gelu', '--eval_choice_tokens=32', f'--out_dir={tmp_path / "out"}', check=False)
+    line = done.stderr.strip()
+    assert done.returncode == 2 and '\n' not in line and 'Traceback' not in done.stdout + line, done.stdout + line
+    assert line.startswith('error: --eval=continuation: ') and 'block_size 16' in line and '--eval=' in line
+    assert not list(tmp_path.rglob('compare_settings.json'))
 
 
 def test_changed_settings_in_the_same_out_dir_are_refused(comparison, tmp_path):
@@ -355,6 +397,8 @@ def test_a_partial_run_is_left_out_of_every_number(tuned, tmp_path):
     (['--min_lr=1.0'], ['min_lr', 'learning_rate']),
     (['--device=gpu'], ['gpu', 'device']),
     (['--dataset=no_such_dataset'], ['no_such_dataset']),
+    (['--eval=mmlu'], ['--eval', 'mmlu', 'continuation, hellaswag']),
+    (['--eval_items=-1'], ['--eval_items=-1', '>= 0']),
     # variants: malformed, two with one name, settings compare.py owns, wrong types, rules of the model
     (['--variants=polynorm:poly_order'], ['--variants', 'polynorm:poly_order', 'key=value']),
     (['--variants=:poly_order=2'], ['--variants', 'ACTIVATION']),

@@ -52,6 +52,7 @@ NEW_ACTIVATION = re.search(r"^ACTIVATIONS\['(\w+)'\] = ", ACTIVATION_BLOCK, re.M
 TRAIN = ['--max_iters=2', '--eval_interval=1', '--eval_iters=1', '--log_interval=1', '--check_learned=False']
 SCRATCH = TRAIN + ['--overwrite=True']   # README and docs may both train into one out_dir (e.g. out-shakespeare-char)
 TINY_MODEL = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--ffn_hidden=64', '--block_size=16', '--batch_size=4']
+EVAL = ['--eval_items=20', '--eval_context_tokens=8', '--eval_choice_tokens=8']   # downstream items that fit block 16
 
 
 def activation_names(cmd):
@@ -83,33 +84,35 @@ SMOKE = [   # (program, an argument (or --flag, any value) the command must have
     ('torchrun train.py', None, SCRATCH),    # on CPU (gloo); a CUDA torchrun is skipped below
     # the README's new activation against PolyNorm and SwiGLU, its variants as written: the new one tuned on a grid
     # of 2 rates, 1 comparison seed; model.py holds the README's block while it runs
-    ('compare.py', lambda cmd: NEW_ACTIVATION in activation_names(cmd), TRAIN + TINY_MODEL + [
+    ('compare.py', lambda cmd: NEW_ACTIVATION in activation_names(cmd), TRAIN + TINY_MODEL + EVAL + [
         '--tune_lr=1e-3,4e-3', '--seeds=1', '--analysis_batch_size=2'], new_activation_in_model_py),
     # a size sweep sets the model per size: tiny sizes instead of TINY_MODEL; 2 activations x 2 sizes x 2 seeds
-    ('compare.py', '--sizes', TRAIN + ['--sizes=1x32,1x64', '--head_size=16', '--block_size=16', '--batch_size=4',
-                                       '--activations=gelu,polynorm', '--seeds=1,2', '--analysis_batch_size=2']),
-    ('compare.py', 'config/scaling_shakespeare_char.py', TRAIN + ['--sizes=1x32,1x64', '--head_size=16',
+    ('compare.py', '--sizes', TRAIN + EVAL + ['--sizes=1x32,1x64', '--head_size=16', '--block_size=16',
+                                              '--batch_size=4', '--activations=gelu,polynorm', '--seeds=1,2',
+                                              '--analysis_batch_size=2']),
+    ('compare.py', 'config/scaling_shakespeare_char.py', TRAIN + EVAL + ['--sizes=1x32,1x64', '--head_size=16',
                    '--block_size=16', '--batch_size=4', '--activations=gelu,polynorm', '--seeds=1',
                    '--analysis_batch_size=2']),   # one seed: a sweep's paired numbers are tested in test_report.py
     # the 10-seed headline at fixed rates: 2 of its variants, 1 seed (then its --baseline=swiglu --replot reads them)
-    ('compare.py', 'config/compare_headline.py', TRAIN + TINY_MODEL + [
+    ('compare.py', 'config/compare_headline.py', TRAIN + TINY_MODEL + EVAL + [
         '--variants=gelu:learning_rate=8e-3,swiglu:learning_rate=4e-3', '--seeds=1', '--analysis_batch_size=2']),
     # the order r: 2 of its orders (the baseline r = 3 among them), at fixed rates, 1 seed
-    ('compare.py', 'config/compare_order.py', TRAIN + TINY_MODEL + [
+    ('compare.py', 'config/compare_order.py', TRAIN + TINY_MODEL + EVAL + [
         '--variants=polynorm-r1=polynorm:poly_order=1,polynorm-r3=polynorm:poly_order=3', '--tune_lr=', '--seeds=1',
         '--analysis_batch_size=2']),
     # the compositions: the baseline and gated PolyNorm at fixed rates, 1 seed
-    ('compare.py', 'config/compare_compositions.py', TRAIN + TINY_MODEL + [
+    ('compare.py', 'config/compare_compositions.py', TRAIN + TINY_MODEL + EVAL + [
         '--variants=swiglu:learning_rate=4e-3,polynorm_glu:learning_rate=4e-3', '--tune_lr=', '--seeds=1',
         '--analysis_batch_size=2']),
     # tuning: a 2-rate grid on 2 activations and 1 seed (the paired statistics run in the '--seeds' case below)
-    ('compare.py', '--tune_lr', TRAIN + TINY_MODEL + ['--tune_lr=1e-3,4e-3', '--activations=gelu,polynorm',
+    ('compare.py', '--tune_lr', TRAIN + TINY_MODEL + EVAL + ['--tune_lr=1e-3,4e-3', '--activations=gelu,polynorm',
                                                       '--seeds=1', '--analysis_batch_size=2']),
     # more seeds: 2 activations x 2 seeds (each seed is a training run; the statistics are tested in test_report.py)
-    ('compare.py', '--seeds', TRAIN + TINY_MODEL + ['--activations=gelu,polynorm', '--seeds=1,2',
+    ('compare.py', '--seeds', TRAIN + TINY_MODEL + EVAL + ['--activations=gelu,polynorm', '--seeds=1,2',
                                                     '--analysis_batch_size=2']),
-    ('compare.py', None, TRAIN + TINY_MODEL + ['--analysis_batch_size=2']),   # --seeds and --activations kept
+    ('compare.py', None, TRAIN + TINY_MODEL + EVAL + ['--analysis_batch_size=2']),   # --seeds and --activations kept
     ('sample.py', None, ['--max_new_tokens=20']),
+    ('eval.py', None, EVAL),                 # continuation items that fit the smoke runs' block_size
     # a smoke --record=True is not the recording configuration, which bench.py refuses: force it (in the copy)
     ('bench.py', '--record', ['--force_record=True', '--repeats=1', '--warmup_steps=1', '--modes=eager', '--moe_modes=',
                               '--matmul_peak=False', '--profile_steps=1', '--n_layer=1', '--n_head=2', '--n_embd=32',
@@ -158,6 +161,8 @@ def needs_gpu(cmd):
 def needs_internet(cmd):
     if cmd.settings.get('dataset') == 'fineweb_edu' or 'fineweb_edu' in cmd.text:
         return 'needs the internet (FineWeb-Edu streams from the Hugging Face Hub)'
+    if cmd.program == 'eval.py' and cmd.flags.get('task') == 'hellaswag' and 'hellaswag_path' not in cmd.flags:
+        return 'needs the internet (the HellaSwag download) and a GPT-2 BPE run'
     if '--source=tiny' in cmd.args:
         return 'needs the internet (Tiny Shakespeare download)'
     if cmd.text.startswith('git clone'):
