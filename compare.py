@@ -35,7 +35,8 @@ recorded as such, never retrained, and left out of every number, and compare.py 
 of a variant failed that way; a run with a ckpt.pt but no finished
 summary is resumed (--init_from=resume), so Ctrl-C and rerunning the same command is safe. Raising --max_iters extends
 finished runs at the end of their schedule (lr stays at min_lr past lr_decay_iters); for a longer schedule use a new
---out_dir.
+--out_dir. Each finished run's final checkpoint is then scored on eval.py's multiple-choice items (--eval, default
+continuation: about 8% of a default run's training time; --eval= turns it off), kept in its folder as eval_<task>.json.
 """
 import ast
 import dataclasses

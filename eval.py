@@ -115,8 +115,8 @@ def dataset_meta(name, what):
 
 
 def continuation_dataset(meta):
-    """The folder whose val split makes the continuation items, checked against the model's vocabulary (meta): another
-    vocabulary's token ids would mean other text."""
+    """(folder, meta.json) of the dataset whose val split makes the continuation items, checked against the model's
+    vocabulary (meta): another vocabulary's token ids would mean other text."""
     own = ckpt.get('config', {}).get('dataset') or meta.get('name')
     path, data_meta = dataset_meta(dataset or own, '--dataset' if dataset else
                                    'the dataset the checkpoint was trained on')
@@ -124,15 +124,15 @@ def continuation_dataset(meta):
         fail(f"dataset {dataset or own!r} ({data_meta['tokenizer']}, {data_meta['vocab_size']} tokens) has another "
              f"vocabulary than the checkpoint's ({meta.get('tokenizer')}, {meta.get('vocab_size')} tokens): its token "
              f"ids would mean other text; pass a --dataset of the checkpoint's vocabulary (or leave --dataset out)")
-    return path
+    return path, data_meta
 
 
 meta = checkpoint_meta()
 spec = downstream.Spec(task, eval_items, eval_seed, eval_context_tokens, eval_choice_tokens, eval_choices,
                        hellaswag_path)
+data_dir, meta = continuation_dataset(meta) if task == 'continuation' else (None, meta)
 try:
-    items, item_settings = downstream.make_items(spec, meta, continuation_dataset(meta) if task == 'continuation'
-                                                 else None)
+    items, item_settings = downstream.make_items(spec, meta, data_dir)
     downstream.check_fits(items, model.config.block_size)
 except (FileNotFoundError, ValueError) as e:
     fail(str(e))

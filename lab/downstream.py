@@ -17,7 +17,6 @@ run folder as eval_<task>.json, so a --replot does not score again.
 """
 import hashlib
 import json
-import math
 import os
 import time
 from collections import namedtuple
@@ -32,7 +31,7 @@ DEFAULT_ITEMS = 1000              # continuation; HellaSwag's default is every i
 # Characters: a 32-character continuation (about six words: only a model that follows the text picks it out of four)
 # after 64 characters of context. N + M = 96 fits the default models' block_size of 128, so they score every item
 # whole, uncropped. A longer context barely moved the answers: two default-recipe checkpoints scored 0.574 and 0.558
-# with N = 64, 0.582 and 0.550 with N = 128 (cropped to 96), each within the other's ±0.03 interval, at 4/3 the cost.
+# with N = 64, 0.582 and 0.550 with N = 128 (cropped to 97), each within the other's ±0.03 interval, at 4/3 the cost.
 # GPT-2 BPE averages 3.23 characters per token on Shakespeare (5,053,943 characters, 1,562,698 tokens): 20 and 10.
 DEFAULT_SPANS = {'char': (64, 32), 'gpt2': (20, 10)}
 
@@ -358,17 +357,17 @@ def result_of(model, ckpt, ckpt_path, task, items, item_settings, device='cpu', 
 
 
 def cached(run_dir, task, item_settings, iter_num):
-    """The run's eval_<task>.json when it holds a result for these items and this checkpoint iteration, written after
-    the checkpoint (a run trained again into the folder is scored again), else None."""
+    """The run's eval_<task>.json when it holds a result for these items and for the run's checkpoint, else None.
+    The checkpoint's: written after ckpt.pt (a run trained further or again since is scored again); without a ckpt.pt
+    (a --replot from the logs), one whose checkpoint iteration is the run's final iteration iter_num."""
     from lab.runs import read_json
     path = Path(run_dir) / result_name(task)
     result = read_json(path)
-    if not result or result.get('items') != item_settings or result.get('iter_num') != iter_num:
+    if not result or result.get('items') != item_settings:
         return None
     ckpt = Path(run_dir) / 'ckpt.pt'
-    if ckpt.exists() and ckpt.stat().st_mtime > path.stat().st_mtime:
-        return None
-    return result
+    fresh = path.stat().st_mtime >= ckpt.stat().st_mtime if ckpt.exists() else result.get('iter_num') == iter_num
+    return result if fresh else None
 
 
 def check_spec(spec, data_dir, block_sizes):

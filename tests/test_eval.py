@@ -191,7 +191,9 @@ def test_random_models_sit_at_chance(data):
 
 def test_two_runs_answer_the_same_items(trained, tmp_path, data):
     out = save_untrained(tmp_path / 'untrained', data)
-    evaluate(out, *SMALL_ITEMS)
+    copy = shutil.copytree(data, tmp_path / 'copy')                     # the same dataset in another folder
+    evaluate(trained, *SMALL_ITEMS)
+    evaluate(out, *SMALL_ITEMS, f'--dataset={copy}')
     a, b = (json.loads((d / 'eval_continuation.json').read_text()) for d in (trained, out))
     assert a['items'] == b['items']                                      # same fingerprint: compare item by item
 
