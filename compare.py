@@ -32,10 +32,9 @@ What makes the runs comparable:
 Where runs land: see lab/runs.py. A run whose summary.json says finished is skipped; a run that diverged (train.py's exit
 code 3) or did not learn (status 4: its final val loss not below the unigram entropy of the training tokens) is
 recorded as such, never retrained, and left out of every number, and compare.py exits with status 1 when every run
-of a variant failed that way; a run with a ckpt.pt but no finished
-summary is resumed (--init_from=resume), so Ctrl-C and rerunning the same command is safe. Raising --max_iters extends
-finished runs at the end of their schedule (lr stays at min_lr past lr_decay_iters); for a longer schedule use a new
---out_dir.
+of a variant failed that way; a run with a ckpt.pt but no finished summary is resumed (--init_from=resume), so Ctrl-C
+and rerunning the same command is safe. Raising --max_iters extends finished runs at the end of their schedule (lr
+stays at min_lr past lr_decay_iters); for a longer schedule use a new --out_dir.
 """
 import ast
 import dataclasses
