@@ -415,6 +415,29 @@ def test_the_retuning_table_is_recomputed_from_the_tuning_runs():
             margins = [by_rate[runner_up][s] - by_rate[chosen][s] for s in (0, 1000)]
             mean = sum(margins) / 2
             half = scipy_stats.t.ppf(0.975, 1) * abs(margins[0] - margins[1]) / math.sqrt(2) / math.sqrt(2)
-            cell_mean, cell_low, cell_high = (number(x) for x in re.findall(NUMBER, row[7]))
+            found = [number(x) for x in re.findall(NUMBER, row[7])]       # margin, the runner-up rate, low, high
+            cell_mean, cell_low, cell_high = found[0], found[-2], found[-1]
             assert f'over {runner_up:g}' in row[7], row[0]
             assert (cell_mean, cell_low, cell_high) == (round(mean, 4), round(mean - half, 4), round(mean + half, 4))
+
+
+def test_swiglu_at_its_re_tuned_rate_is_recomputed_from_the_per_seed_losses():
+    """The pairs of SwiGLU's 10 seeds at 2e-3 (assets/headline_retune/runs_swiglu_2e-3.csv) with the headline's runs."""
+    headline = headline_losses()
+    with open(REPO / 'assets' / 'headline_retune' / 'runs_swiglu_2e-3.csv', newline='') as f:
+        swiglu2 = {int(r['seed']): float(r['final_val_loss']) for r in csv.DictReader(f) if r['outcome'] == 'finished'}
+    assert sorted(swiglu2) == list(range(1, 11))
+    pairs = {'SwiGLU at 2e-3 − SwiGLU at 4e-3': (swiglu2, headline['swiglu']),
+             'SwiGLU at 2e-3 − GELU': (swiglu2, headline['gelu']),
+             'PolyReLU − SwiGLU at 2e-3': (headline['polyrelu'], swiglu2),
+             'PolyNorm − SwiGLU at 2e-3': (headline['polynorm'], swiglu2)}
+    rows = table_after('| pair (10 seeds) |', RESULTS)
+    assert [row[0] for row in rows] == list(pairs)
+    for name, delta, verdict_cell in rows:
+        mean, low, high = paired_interval(*pairs[name])
+        assert [number(x) for x in re.findall(NUMBER, delta)] == [round(mean, 4), round(low, 4), round(high, 4)], name
+        assert verdict_cell == verdict(low, high), name
+    values = list(swiglu2.values())
+    m = sum(values) / 10
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / 9)
+    assert f'SwiGLU at 2e-3: {m:.4f} ± {sd:.4f} (10 seeds' in RESULTS
