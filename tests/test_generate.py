@@ -126,6 +126,15 @@ def test_generation_runs_without_dropout_and_gives_the_model_back_in_its_mode():
     assert model.training
 
 
+def test_generated_tokens_are_a_plain_tensor_that_a_training_step_can_take():
+    model = tiny_model(activation='polynorm')
+    out = model.generate(prompt(), 12, temperature=0.8, top_k=5)          # generated under torch.inference_mode
+    assert not out.is_inference() and out.dtype == torch.long
+    _, loss = model(out[:, :-1], out[:, 1:].contiguous())
+    loss.backward()                                                     # saving out for backward must work
+    assert model.transformer.wte.weight.grad is not None
+
+
 def test_the_training_forward_builds_no_cache(monkeypatch):
     monkeypatch.setattr(model_module, 'KVCache', None)                 # any use of it would fail
     model, idx = tiny_model(activation='polynorm'), prompt(length=16)
