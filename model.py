@@ -76,10 +76,13 @@ class PolyCom(nn.Module):
     def forward(self, x):
         if not self.fast:
             return self.formula(x.to(_compute_dtype(x))).to(x.dtype)
+        # no gradient wanted (evaluation, generation): the Functions' own forward code without autograd's bookkeeping,
+        # which costs a quarter of a one-token call (generation with a KV cache makes one per token and layer)
         if self.base in ('norm', 'relu_norm'):      # relu saves its output: the very tensor PolyNormFunction saves
-            u = torch.relu(x) if self.base == 'relu_norm' else x
-            return PolyNormFunction.apply(u, self.weight, self.bias, self.eps)
-        return PolyBaseFunction.apply(x, self.weight, self.bias, self.base, self.slope)
+            args = (torch.relu(x) if self.base == 'relu_norm' else x, self.weight, self.bias, self.eps)
+            return PolyNormFunction.apply(*args) if torch.is_grad_enabled() else PolyNormFunction.values(*args)[0]
+        args = (x, self.weight, self.bias, self.base, self.slope)
+        return PolyBaseFunction.apply(*args) if torch.is_grad_enabled() else PolyBaseFunction.values(*args)
 
     def extra_repr(self):
         return f"order={self.order}, base={self.base}"
@@ -842,6 +845,14 @@ class PolyNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
+        y, inv_rms = PolyNormFunction.values(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, inv_rms)
+        return y
+
+    @staticmethod
+    def values(x, weight, bias, eps):
+        """The forward without autograd: y (shape and dtype of x) and s (N, r). PolyCom calls it directly when no
+        gradient is wanted."""
         xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
         r, width = weight.numel(), xc.shape[-1]
         w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
@@ -858,8 +869,7 @@ class PolyNormFunction(torch.autograd.Function):
                 s.append(torch.rsqrt(torch.linalg.vector_norm(power, dim=-1).square() / width + eps))
             inv_rms[rows] = torch.stack(s, dim=-1)
             _polynomial(xb, inv_rms[rows] * w, b, out=y[rows])
-        ctx.save_for_backward(x, weight, inv_rms)
-        return y.view(x.shape).to(x.dtype)
+        return y.view(x.shape).to(x.dtype), inv_rms
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -931,6 +941,13 @@ class PolyBaseFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, base, slope=None):
+        ctx.save_for_backward(x, weight, slope)
+        ctx.base = base
+        return PolyBaseFunction.values(x, weight, bias, base, slope)
+
+    @staticmethod
+    def values(x, weight, bias, base, slope=None):
+        """The forward without autograd (PolyCom calls it directly when no gradient is wanted)."""
         xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
         w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
         a = slope.to(xc.dtype) if slope is not None else None
@@ -939,8 +956,6 @@ class PolyBaseFunction(torch.autograd.Function):
             xb = xc[rows]
             rho = torch.relu(xb) if base == 'relu' else POINTWISE_BASES[base](xb, a)[0]   # relu: skip its slope
             _polynomial(rho, w, b, out=y[rows])
-        ctx.save_for_backward(x, weight, slope)
-        ctx.base = base
         return y.view(x.shape).to(x.dtype)
 
     @staticmethod
