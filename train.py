@@ -44,10 +44,11 @@ init_from = 'scratch'       # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 overwrite = False           # a scratch run into an out_dir that holds a run replaces it only when True
 check_learned = True        # a final val loss not below the training tokens' unigram entropy (what token frequencies
                             # alone give) is no result: exit status 4. False only for smoke runs of a few iterations
-# wandb logging (off by default; wandb is imported only when on)
+# wandb logging (off by default; wandb is imported only when on): every row of log.csv, coeffs.csv and moe.csv, at
+# wandb step = iter (coeffs.csv's columns as coeffs/<column>, moe.csv's as moe/<column>). WANDB_MODE=offline: no account
 wandb_log = False
 wandb_project = 'nanopoly'
-wandb_run_name = 'run'
+wandb_run_name = 'run'      # compare.py names each of its runs after its folder: <variant>[-lr<rate>]-s<seed>
 # data
 dataset = 'shakespeare_char'    # a folder name under data/ (prepared by data/<name>/prepare.py) or a path to one
 gradient_accumulation_steps = 1 # micro-steps per optimizer step in total over all ranks (nanoGPT's meaning)
@@ -257,10 +258,12 @@ if iter_num == 0 or eval_only:
         final_val_loss = guard.best_val_loss = val_loss
 if eval_only:
     leave(0)
-run.start(init_from, iter_num, final_val_loss, list(raw_model.poly_coefficients()), n_moe_layers)   # old files go now
-if master and wandb_log:
+wandb_run = None
+if master and wandb_log:   # every row of the run's CSV logs goes there too, from the iteration-0 evaluation on
     import wandb
-    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+run.start(init_from, iter_num, final_val_loss, list(raw_model.poly_coefficients()), n_moe_layers,   # old files go now
+          wandb_run)
 stop = StopRequest()   # Ctrl-C/SIGTERM: finish this iteration, evaluate, save, exit (the flag rides on the all-reduce)
 diverged_because = None   # set when the loss became non-finite: the run stops without saving
 t_last, iters_since_log = time.time(), 0
@@ -335,9 +338,7 @@ while iter_num < max_iters:
         load = torch.tensor(stats[3:-4]).view(n_moe_layers, n_expert)
         layer_cv = (load.std(dim=1, unbiased=False) / load.mean(dim=1)).tolist()
         row.update(balance_loss=balance_loss, z_loss=z_loss, expert_cv=sum(layer_cv) / n_moe_layers)
-    run.log_iteration(row, layer_cv if n_moe_layers else (), raw_model.poly_coefficients())
-    if master and wandb_log:
-        wandb.log({name: value for name, value in row.items() if value is not None}, step=iter_num)
+    run.log_iteration(row, layer_cv if n_moe_layers else (), raw_model.poly_coefficients())   # and to wandb_run
     if eval_now:
         good, improved = guard.judge_val_loss(val_loss, iter_num, run.kept())   # a diverging run is not saved
         best_iter = iter_num if improved else best_iter
