@@ -199,7 +199,7 @@ def test_with_wandb_log_each_run_is_named_after_its_folder(tmp_path, monkeypatch
     assert names(f'--out_dir={tmp_path / "b"}', '--wandb_log=True') == ['gelu-s1', 'polynorm-s1', 'gelu-s2',
                                                                          'polynorm-s2']
     # tuning runs first (none finishes here, so no comparison run follows)
-    assert names(f'--out_dir={tmp_path / "c"}', '--wandb_log=True', '--tune_lr=1e-3,3e-3') == \
+    assert names(f'--out_dir={tmp_path / "c"}', '--wandb_log=True', '--tune_lr=1e-3,3e-3', '--tune_seeds=0') == \
         ['tune/gelu-lr0.001-s0', 'tune/gelu-lr0.003-s0', 'tune/polynorm-lr0.001-s0', 'tune/polynorm-lr0.003-s0']
     with pytest.raises(ValueError, match='--wandb_run_name is set by compare.py for every run'):
         compare.parse_args(['--wandb_run_name=mine'])
@@ -460,7 +460,7 @@ def variants(tmp_path_factory):
     """polynorm tuned over 2 rates and r2 = PolyNorm of order 2 at a fixed rate of its own, seed 1, 2 iterations."""
     return compare_in_new_folder(tmp_path_factory, 'variants', *TINY, '--max_iters=2', '--seeds=1',
                                  '--variants=polynorm,r2=polynorm:poly_order=2:learning_rate=1e-2',
-                                 '--tune_lr=1e-3,3e-3')
+                                 '--tune_lr=1e-3,3e-3', '--tune_seeds=0')   # one tuning seed: the default's 2 in 'tuned'
 
 
 def test_a_variant_trains_with_its_own_settings_paired_by_seed(variants):
