@@ -1,8 +1,6 @@
 """GPT.generate with the KV cache: the prompt runs once, then one token per step, and the tokens are those of
 kv_cache=False (which reruns the last block_size tokens every step) for every activation, dense and MoE, both archs,
-batches, and past block_size, where the cache refills from the sliding window. sample.py's --kv_cache end to end."""
-import os
-import sys
+batches, and past block_size, where the cache refills from the sliding window (sample.py's --kv_cache: test_sample.py)."""
 
 import pytest
 import torch
@@ -10,8 +8,6 @@ import torch
 import model as model_module
 from model import ACTIVATIONS, GPT, GPTConfig, KVCache
 
-sys.path.insert(0, os.path.dirname(__file__))
-from train_helpers import make_char_dataset, run_script, train  # noqa: E402
 
 
 def tiny_model(**overrides):
@@ -150,31 +146,3 @@ def test_bad_kv_cache_values_and_an_overfull_cache_raise_one_clear_error():
     cache.append(torch.zeros(1, 2, 3, 8), torch.zeros(1, 2, 3, 8))
     with pytest.raises(ValueError, match=r"^the KV cache holds 4 positions \(block_size\); 3 are filled and 2 more"):
         cache.append(torch.zeros(1, 2, 2, 8), torch.zeros(1, 2, 2, 8))
-
-
-# ---- sample.py --kv_cache
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp('sample_kv')
-    data_dir = make_char_dataset(root / 'tiny_char')
-    out = str(root / 'out')
-    train(f'--dataset={data_dir}', f'--out_dir={out}', '--max_iters=4', '--eval_interval=4')
-    return out
-
-
-def test_sample_py_prints_the_same_text_with_and_without_the_cache_past_block_size(trained):
-    # block_size 16 (train_helpers.TINY): 40 new tokens run past it, through the refills
-    args = ['sample.py', f'--out_dir={trained}', '--start=The people', '--num_samples=2', '--max_new_tokens=40']
-    for extra in (['--temperature=0'], ['--seed=7']):                    # greedy, and sampled from one seed
-        cached = run_script(args + extra).stdout                             # --kv_cache=True is the default
-        assert run_script(args + extra + ['--kv_cache=False']).stdout == cached
-        assert cached.startswith('The people') and len(cached.split('---------------\n')[0]) > 40
-
-
-def test_sample_py_rejects_a_kv_cache_that_is_not_a_bool_in_one_line(trained):
-    done = run_script(['sample.py', f'--out_dir={trained}', '--kv_cache=maybe'], check=False)
-    assert done.returncode == 2 and done.stdout == ''
-    assert done.stderr.strip().splitlines() == ["error: config key 'kv_cache' (from the command line) expects bool, "
-                                                "got 'maybe' (str)"]

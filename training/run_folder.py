@@ -59,6 +59,19 @@ def number(value, spec=None):
     return format(value, spec) if spec else repr(float(value))
 
 
+def outcome_at_the_end(val_loss, floor):
+    """How a run that reached max_iters ended: 'finished', or 'did_not_learn' (exit status 4) when its final val loss
+    is not below the unigram floor (None: not checked)."""
+    return 'finished' if floor is None or val_loss is None or val_loss < floor else 'did_not_learn'
+
+
+def open_wandb_run(config):
+    """The wandb run (--wandb_log=True, rank 0) that RunFolder.start hands every log row to; wandb is imported only
+    here, so a run without it never needs the package."""
+    import wandb
+    return wandb.init(project=config['wandb_project'], name=config['wandb_run_name'], config=config)
+
+
 def wandb_row(name, row):
     """A CSV row as wandb logs it, at full precision, at wandb step = its iter: log.csv's columns under their own
     names, coeffs.csv's and moe.csv's as 'coeffs/<column>' and 'moe/<column>'; empty cells are left out."""
@@ -279,11 +292,12 @@ class RunFolder:
                   f"{' (the logs were cut back to it)' if self.last_saved is not None else ''}. "
                   f"{self.how_to_continue()}", file=sys.stderr)
 
-    def nothing_to_train(self, max_iters, outcome='finished', **progress):
+    def nothing_to_train(self, max_iters, unigram_floor, **progress):
         """A finished run resumed with the same max_iters (compare.py may do this after a kill between the last
         checkpoint and summary.json): make sure summary.json exists, change nothing else."""
         if self.master and not os.path.exists(os.path.join(self.dir, 'summary.json')):
-            self.write_summary(outcome=outcome, **progress)
+            self.write_summary(outcome=outcome_at_the_end(progress['final_val_loss'], unigram_floor),
+                               unigram_entropy=unigram_floor, **progress)
         if self.master:
             print(f"nothing to train: {self.ckpt_path} is at iter {progress['iter']} and max_iters is {max_iters}; "
                   f"pass a larger --max_iters to continue", flush=True)
