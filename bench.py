@@ -7,6 +7,7 @@ Speed and memory of every activation, and of MoE against dense, measured side by
     python bench.py config/bench_gpu.py               # GPU: GPT-2-small size, bf16 autocast + torch.compile
     python bench.py --profile=polynorm                # torch.profiler table of one variant's training step
     python bench.py --activations=gelu,polynorm --poly_orders=1,2,3,4,5,6 --moe_activations=   # cost of the order r
+    python bench.py --activations=gelu --modes=eager --moe_activations= --gen_new_tokens=500   # past block_size
 
 Where the results go. Always to the terminal, and to at most one markdown file:
 - by default out_file (out-bench/bench.md, ignored by git), so a quick or partial run never touches the recorded
@@ -22,6 +23,9 @@ What runs. Every activation in --activations in every mode in --modes ('eager', 
 rows for --moe_activations in --moe_modes, which is empty by default = the same modes as --modes. So --modes=eager
 means no torch.compile at all. With --poly_orders=1,2,... every PolyCom activation runs once per order (rows
 'polynorm-r2 eager', ...), so the cost of the order r is measured in one run, each order paired with GELU per round.
+And generation rows for --gen_activations: GPT.generate (sample.py's settings) with and without the KV cache, on a
+model of its own (the gen_ knobs: the README's char model on CPU, GPT-2 small in config/bench_gpu.py); both are timed
+in every round, one after the other, and the speed-up is the median of the per-round ratios.
 
 For every variant (activation x eager/compiled, plus MoE) it builds a model and its AdamW optimizer, warms it up, then
 times training steps (forward + backward + AdamW step + zero_grad) ROUND-ROBIN: repeat r times variant 1, 2, ..., n
@@ -37,12 +41,8 @@ torch.autograd.graph.saved_tensors_hooks: unique storages, parameters and buffer
 
 Performance targets live here (TARGETS), never in timed unit tests.
 """
-import datetime
 import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -51,8 +51,10 @@ import torch
 
 from configurator import ConfigError, parse_config
 from lab.analysis import mean_step_seconds, train_step
+from lab.bench_report import (QUIET_OTHER_LOAD, RECORD_HEADER, SCRATCH_HEADER, device_kind, machine_info,
+                              print_results, write_markdown)
 from model import GPT, MAX_POLY_ORDER, GPTConfig, build_activation
-from training.peak_flops import _cpu_name, cpu_seconds, gpu_peak_flops, measure_cpu_matmul_flops
+from training.peak_flops import cpu_seconds, gpu_peak_flops, measure_cpu_matmul_flops
 
 # -----------------------------------------------------------------------------
 # default config values: the CPU config the targets are set for (a small character-level model, random token ids:
@@ -75,6 +77,14 @@ moe_modes = ''              # '' = the same as modes; else a subset of modes (e.
 n_expert = 8
 top_k = 2
 expert_hidden = 0           # 0 = the dense FFN's hidden width
+# generation: GPT.generate with and without the KV cache, both timed in every round (batch 1, a 1-token prompt,
+# sample.py's temperature 0.8 and top_k 200, eager). Its model has n_layer, n_head, block_size, arch and dtype above
+# and the gen_ sizes below: on CPU the README's 4-layer d = 128 char model, in config/bench_gpu.py GPT-2 small
+gen_activations = 'gelu,polynorm'   # comma-separated keys of model.ACTIVATIONS; '' = no generation rows
+gen_new_tokens = 255        # 1 + 255 = block_size: all in the cache; more goes past block_size (the cache refills)
+gen_n_embd = 128            # 0 = n_embd
+gen_ffn_hidden = 576        # as train.py's ffn_hidden: 0 = the paper's width rule
+gen_vocab_size = 84         # 0 = vocab_size
 # measurement
 repeats = 15                # timed rounds over all variants; medians and quartiles are reported
 steps_per_repeat = 1        # training steps timed per variant per round (their mean is one sample)
@@ -108,6 +118,7 @@ TARGETS = [
     (('moe_ratio', 'polynorm', 'compiled'), 'MoE 8e top-2 / dense step time, PolyNorm, compiled', 1.9, 'max'),
     (('mfu', 'gelu', 'eager'), 'GELU MFU against the measured matmul peak, eager', 0.75, 'min'),
     (('mfu', 'gelu', 'compiled'), 'GELU MFU against the measured matmul peak, compiled', 0.75, 'min'),
+    (('gen_speedup', 'polynorm', None), 'PolyNorm generation tokens/s, KV cache / none', 3.0, 'min'),
 ]
 
 
@@ -118,7 +129,7 @@ def split_list(text):
 def check_config(cfg):
     """One clear line per mistake, before anything slow happens."""
     from model import ACTIVATIONS
-    for key in ('activations', 'moe_activations', 'profile'):
+    for key in ('activations', 'moe_activations', 'profile', 'gen_activations'):
         for name in split_list(cfg[key]):
             if name not in ACTIVATIONS:
                 raise ValueError(f"unknown activation {name!r} in --{key}; valid: {', '.join(ACTIVATIONS)}")
@@ -142,6 +153,10 @@ def check_config(cfg):
     for key in ('repeats', 'steps_per_repeat', 'batch_size', 'block_size'):
         if cfg[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+    if cfg['gen_new_tokens'] < 1:
+        raise ValueError(f"gen_new_tokens must be >= 1, got {cfg['gen_new_tokens']}")
+    for name in split_list(cfg['gen_activations']):
+        generation_config(cfg, name)   # GPTConfig's own one-line ValueError, e.g. gen_n_embd not divisible by n_head
     if cfg['force_record'] and not cfg['record']:
         raise ValueError("--force_record=True only applies to a recording: add --record=True, or drop --force_record")
 
@@ -246,6 +261,39 @@ def saved_bytes_per_token(variant):
     return sum(storages.values()) / variant.tokens_per_step
 
 
+def generation_config(cfg, activation):
+    return GPTConfig(block_size=cfg['block_size'], vocab_size=cfg['gen_vocab_size'] or cfg['vocab_size'],
+                     n_layer=cfg['n_layer'], n_head=cfg['n_head'], n_embd=cfg['gen_n_embd'] or cfg['n_embd'],
+                     ffn_hidden=cfg['gen_ffn_hidden'], activation=activation, poly_order=cfg['poly_order'],
+                     arch=cfg['arch'], init_seed=cfg['seed'])
+
+
+class Generation:
+    """One model's GPT.generate, timed with and without the KV cache: times[True] and times[False] hold the seconds
+    of one call each per round. Untrained weights: the cost of a step does not depend on which token comes out."""
+
+    def __init__(self, cfg, activation):
+        self.activation, self.name = activation, f"{activation} generate"
+        self.device, self.new_tokens = cfg['device'], cfg['gen_new_tokens']
+        self.model = GPT(generation_config(cfg, activation), verbose=False).to(self.device).eval()
+        self.ffn_hidden = self.model.transformer.h[0].mlp.hidden
+        device_type = 'cuda' if self.device.startswith('cuda') else 'cpu'
+        self.ctx = (nullcontext() if cfg['dtype'] == 'float32' else
+                    torch.autocast(device_type=device_type, dtype=torch.bfloat16))
+        self.prompt = torch.zeros((1, 1), dtype=torch.long, device=self.device)   # (B, T) = (1, 1)
+        self.times = {True: [], False: []}
+
+    def generate(self, kv_cache, new_tokens=None):
+        with self.ctx:
+            return self.model.generate(self.prompt, new_tokens or self.new_tokens, temperature=0.8, top_k=200,
+                                       kv_cache=kv_cache)
+
+    def time_round(self, cached_first):
+        """One timed call with the cache and one without, in the given order (alternate it between rounds)."""
+        for kv_cache in (True, False) if cached_first else (False, True):
+            self.times[kv_cache].append(mean_step_seconds(lambda: self.generate(kv_cache), 1, self.device))
+
+
 # -----------------------------------------------------------------------------
 # The measurement
 
@@ -274,7 +322,8 @@ def run_benchmark(cfg, log=print):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     variants = build_variants(cfg)
-    log(f"{len(variants)} variants: {', '.join(v.name for v in variants)}")
+    generations = [Generation(cfg, a) for a in split_list(cfg['gen_activations'])]
+    log(f"{len(variants)} variants: {', '.join(v.name for v in variants + generations)}")
 
     saved = {}   # (activation, order, moe) -> bytes per token; eager forward, mode does not matter
     for v in variants:
@@ -289,6 +338,8 @@ def run_benchmark(cfg, log=print):
         if on_cuda:
             v.measure_peak_memory()
         log(f"warm-up {v.name}: {time.perf_counter() - t:.1f} s")
+    for g in generations:   # a few tokens each way: the first calls allocate and load kernels
+        g.generate(True, 8), g.generate(False, 8)
     log(f"warm-up done in {time.perf_counter() - t0:.0f} s; timing {cfg['repeats']} rounds")
 
     peaks = []   # CPU matmul peak, FLOP/s, one per round
@@ -297,12 +348,16 @@ def run_benchmark(cfg, log=print):
         shift = r % len(variants)   # rotate the order so no variant always runs right after the same neighbour
         for v in variants[shift:] + variants[:shift]:
             v.times.append(v.timed_steps(cfg['steps_per_repeat']))
+        for g in generations:
+            g.time_round(cached_first=r % 2 == 0)
         if not on_cuda and cfg['matmul_peak']:
             peaks.append(measure_cpu_matmul_flops(reps=3))
         log(f"round {r + 1}/{cfg['repeats']}: " + ', '.join(f"{v.name} {v.times[-1] * 1000:.0f}" for v in variants)
-            + ' ms' + (f"; matmul {peaks[-1] / 1e9:.0f} GFLOP/s" if peaks else ''))
+            + ' ms' + (f"; matmul {peaks[-1] / 1e9:.0f} GFLOP/s" if peaks else '')
+            + ''.join(f"; {g.name} {g.times[True][-1]:.2f} s with KV cache, {g.times[False][-1]:.2f} s without"
+                      for g in generations))
     busy_after, rounds_seconds = cpu_seconds(), time.perf_counter() - t_rounds
-    results = summarize(cfg, variants, saved, peaks, time.perf_counter() - t0)
+    results = summarize(cfg, variants, saved, peaks, time.perf_counter() - t0, generations)
     results['load_before'] = load_before[0] if load_before else None
     if busy_before and busy_after:   # CPU time of everything else on the machine, in cores, while we timed
         others = (busy_after[0] - busy_before[0]) - (busy_after[1] - busy_before[1])
@@ -324,8 +379,9 @@ def paired_ratios(a, b):
     return [x / y for x, y in zip(a, b)]
 
 
-def summarize(cfg, variants, saved, peaks, seconds):
-    """One row per variant, and figures[key] = (median, q1, q3) over rounds for the targets."""
+def summarize(cfg, variants, saved, peaks, seconds, generations=()):
+    """One row per variant and per generation, figures[key] = (median, q1, q3) over rounds for the targets, and the
+    targets checked."""
     on_cuda = cfg['device'].startswith('cuda')
     if on_cuda:
         name = torch.cuda.get_device_name(torch.device(cfg['device']))
@@ -364,8 +420,23 @@ def summarize(cfg, variants, saved, peaks, seconds):
             figures[('saved_ratio', v.activation, None)] = saved_ratio and (saved_ratio,) * 3   # exact: no spread
         else:
             figures[('moe_ratio', v.activation, v.mode)] = ratio_dense
-    return dict(cfg=cfg, rows=rows, figures=figures, peak=peak, peak_note=peak_note, seconds=seconds,
-                machine=machine_info(cfg), load_before=None, other_load=None)
+    generation = [generation_row(g) for g in generations]
+    for g, row in zip(generations, generation):
+        figures[('gen_speedup', g.activation, None)] = (row['speedup'], row['speedup_q1'], row['speedup_q3'])
+    results = dict(cfg=cfg, rows=rows, generation=generation, figures=figures, peak=peak, peak_note=peak_note,
+                   seconds=seconds, machine=machine_info(cfg), load_before=None, other_load=None)
+    results['targets'] = check_targets(results)
+    return results
+
+
+def generation_row(g):
+    """Tokens/s with and without the KV cache (median over rounds) and the speed-up: the median over rounds of
+    (time without) / (time with), both measured in the same round."""
+    speedup = spread(paired_ratios(g.times[False], g.times[True]))
+    return dict(name=g.name, activation=g.activation, ffn_hidden=g.ffn_hidden,
+                cached_tokens_per_sec=g.new_tokens / statistics.median(g.times[True]),
+                uncached_tokens_per_sec=g.new_tokens / statistics.median(g.times[False]),
+                speedup=speedup[0], speedup_q1=speedup[1], speedup_q3=speedup[2])
 
 
 def check_targets(results):
@@ -389,26 +460,7 @@ def check_targets(results):
 
 
 # -----------------------------------------------------------------------------
-# Reporting
-
-
-def machine_info(cfg):
-    if cfg['device'].startswith('cuda'):
-        hardware = torch.cuda.get_device_name(torch.device(cfg['device']))
-    else:
-        hardware = _cpu_name()
-    root = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        commit = (commit + (' + uncommitted changes' if dirty else '')) if commit else 'unknown'
-    except (OSError, subprocess.SubprocessError):
-        commit = 'unknown'
-    return dict(hardware=hardware, cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version(), date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
-                commit=commit)
+# Where the results go (the tables and the markdown section themselves: lab/bench_report.py)
 
 
 def load_average():
@@ -418,76 +470,7 @@ def load_average():
         return None
 
 
-def fmt(value, spec, empty='—'):
-    return empty if value is None else format(value, spec)
-
-
-TARGET_COLUMNS = ['target', 'limit', 'measured (median)', 'quartiles over rounds', 'result']
-TABLE_COLUMNS = ['variant', 'step ms (median)', 'step ms (min)', 'tokens/s', 'MFU', '× GELU', '× dense',
-                 'saved B/token', 'saved × GELU', 'peak MiB']
-
-
-def table_rows(results):
-    return [[r['name'], fmt(r['step_ms'], '.1f'), fmt(r['step_ms_min'], '.1f'), fmt(r['tokens_per_sec'], ',.0f'),
-             fmt(r['mfu'], '.1%'), fmt(r['ratio_gelu'], '.3f'), fmt(r['ratio_dense'], '.3f'),
-             fmt(r['saved_per_token'], ',.0f'), fmt(r['saved_ratio'], '.4f'), fmt(r['peak_mem_mb'], ',.0f')]
-            for r in results['rows']]
-
-
-def text_table(header, rows):
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: '  '.join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return '\n'.join([line(header), line(['-' * w for w in widths])] + [line(r) for r in rows])
-
-
-def markdown_table(header, rows):
-    return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] +
-                     ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows])
-
-
-def markdown_section(results):
-    cfg, m = results['cfg'], results['machine']
-    other = results.get('other_load')
-    load_text = (f"other processes used {other:.2f} CPU cores on average while the rounds were timed"
-                 if other is not None else 'CPU use of other processes unknown')
-    busy = other is not None and other > QUIET_OTHER_LOAD
-    orders = (f"poly_orders {cfg['poly_orders']} (targets at {cfg['poly_order']})" if cfg['poly_orders'] else
-              f"poly_order {cfg['poly_order']}")
-    model_text = (f"{cfg['n_layer']} layers, {cfg['n_head']} heads, d = {cfg['n_embd']}, T = {cfg['block_size']}, "
-                  f"B = {cfg['batch_size']}, vocab {cfg['vocab_size']}, arch {cfg['arch']}, {orders}, {cfg['dtype']}; "
-                  f"MoE: {cfg['n_expert']} experts, top-{cfg['top_k']}, "
-                  f"expert hidden {'= dense hidden' if cfg['expert_hidden'] == 0 else cfg['expert_hidden']}")
-    lines = [
-        f"- machine: {m['hardware']}, {m['cores']} cores, {m['threads']} torch threads; torch {m['torch']}, "
-        f"Python {m['python']}",
-        f"- date: {m['date']}; git commit: {m['commit']}; {load_text} (load average before the run: "
-        f"{fmt(results['load_before'], '.2f')})",
-        *(["- **measured while other processes loaded this machine's CPU**: the ratios are paired per round and stay "
-           "usable; absolute times, tokens/s and MFU are pessimistic"] if busy else []),
-        *([f"- **recorded with --force_record=True although {'; '.join(results['forced'])}**"]
-          if results.get('forced') else []),
-        f"- config: {model_text}",
-        f"- measurement: {cfg['repeats']} rounds x {cfg['steps_per_repeat']} step(s) per variant after "
-        f"{cfg['warmup_steps']} warm-up steps, round-robin; step = forward + backward + AdamW step + zero_grad; "
-        f"{results['seconds']:.0f} s in all",
-        f"- MFU peak: {fmt(results['peak'] and results['peak'] / 1e9, ',.1f')} GFLOP/s ({results['peak_note']})",
-        "- step ms = median over rounds; × GELU / × dense = median over rounds of the ratio measured in the same "
-        "round (same mode); MFU = median over rounds; saved B/token = bytes saved for backward per token (unique storages, no parameters or buffers)",
-        "",
-        markdown_table(TABLE_COLUMNS, table_rows(results)),
-        "",
-        "Targets (set for the CPU config; ratios to GELU measured in the same run):",
-        "",
-        markdown_table(TARGET_COLUMNS, check_targets(results)),
-    ]
-    return '\n'.join(lines)
-
-
 RECORD_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'BENCHMARKS.md')
-RECORD_HEADER = ("# Benchmarks\n\nWritten by `python bench.py --record=True` (CPU) and "
-                 "`python bench.py config/bench_gpu.py --record=True` (GPU); each run replaces its own section.\n")
-SCRATCH_HEADER = ("# Benchmarks (not recorded)\n\nWritten by `python bench.py` runs without --record=True; each run "
-                  "replaces its device's section. The recorded results are in BENCHMARKS.md.\n")
 
 
 def results_file(cfg, recording=None):
@@ -504,13 +487,6 @@ def results_file(cfg, recording=None):
 GPU_RECORD_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'bench_gpu.py')
 # knobs that do not change the measured numbers: where the results go, and the profiler (which exits before timing)
 NOT_MEASURED = ('record', 'force_record', 'out_file', 'profile', 'profile_mode', 'profile_moe', 'profile_steps')
-# CPU cores that other processes may use on average while the rounds are timed (peak_flops.cpu_seconds: all busy
-# CPU time minus this process's). Four full runs on a quiet machine measured at most 0.02 (BENCHMARKS.md), one other
-# busy process measures about 1; 0.3 lies well between. The CPU bench runs one torch thread per core in lock-step
-# matmuls, so any core another process takes stalls all of them. The same limit marks a section "measured while other
-# processes loaded this machine's CPU", so a recorded section never carries that mark. It applies to GPU runs too:
-# the eager variants wait on the CPU that launches their kernels.
-QUIET_OTHER_LOAD = 0.3
 
 
 def recording_config(kind):
@@ -546,30 +522,6 @@ def record_load_problem(other_load):
     return None
 
 
-def device_kind(cfg):
-    return 'cuda' if cfg['device'].startswith('cuda') else 'cpu'
-
-
-def write_markdown(results, path, header=RECORD_HEADER):
-    """Replace this device kind's section of path (between its markers), keep everything else; a new file starts
-    with header."""
-    kind = device_kind(results['cfg'])
-    begin, end = f"<!-- bench:{kind} begin -->", f"<!-- bench:{kind} end -->"
-    title = {'cpu': '## CPU', 'cuda': '## GPU'}[kind]
-    section = f"{begin}\n{title}: {results['machine']['hardware']}\n\n{markdown_section(results)}\n{end}"
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = header
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-    pattern = re.compile(re.escape(begin) + '.*?' + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip('\n') + '\n\n' + section
-    with open(path, 'w') as f:
-        f.write(text.rstrip('\n') + '\n')
-
-
 def where_results_go(cfg, done=False):
     """The line printed before (done=False) and after the run that says which file holds the results."""
     path, _ = results_file(cfg)
@@ -578,12 +530,6 @@ def where_results_go(cfg, done=False):
         return f"{verb} the {device_kind(cfg)} section of {path} (--record=True)"
     where = f"{verb} {path}" if path else "no results file (--out_file='')"
     return f"{where}; BENCHMARKS.md is left as it is (--record=True records a run there)"
-
-
-def print_results(results, log=print):
-    log(text_table(TABLE_COLUMNS, table_rows(results)))
-    log('')
-    log(text_table(TARGET_COLUMNS, check_targets(results)))
 
 
 # -----------------------------------------------------------------------------

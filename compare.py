@@ -32,11 +32,11 @@ What makes the runs comparable:
 Where runs land: see lab/runs.py. A run whose summary.json says finished is skipped; a run that diverged (train.py's exit
 code 3) or did not learn (status 4: its final val loss not below the unigram entropy of the training tokens) is
 recorded as such, never retrained, and left out of every number, and compare.py exits with status 1 when every run
-of a variant failed that way; a run with a ckpt.pt but no finished
-summary is resumed (--init_from=resume), so Ctrl-C and rerunning the same command is safe. Raising --max_iters extends
-finished runs at the end of their schedule (lr stays at min_lr past lr_decay_iters); for a longer schedule use a new
---out_dir. Each finished run's final checkpoint is then scored on eval.py's multiple-choice items (--eval, default
-continuation: about 8% of a default run's training time; --eval= turns it off), kept in its folder as eval_<task>.json.
+of a variant failed that way; a run with a ckpt.pt but no finished summary is resumed (--init_from=resume), so Ctrl-C
+and rerunning the same command is safe. Raising --max_iters extends finished runs at the end of their schedule (lr
+stays at min_lr past lr_decay_iters); for a longer schedule use a new --out_dir. Each finished run's final checkpoint
+is then scored on eval.py's multiple-choice items (--eval, default continuation: about 8% of a default run's training
+time; --eval= turns it off), kept in its folder as eval_<task>.json.
 """
 import ast
 import dataclasses
@@ -86,12 +86,13 @@ COMPARE_KEYS = [f.name for f in dataclasses.fields(Settings)]
 # compare.py sets these per run; a user value would silently break the pairing, so it is refused with a hint
 RESERVED = {'activation': '--variants=a,b,... (or --activations)', 'seed': '--seeds=1,2,...',
             'init_seed': '--seeds=1,2,...', 'init_from': 'nothing: compare.py resumes interrupted runs by itself',
-            'out_dir': None}
+            'out_dir': None, 'wandb_run_name': 'nothing: with --wandb_log=True compare.py names each run after its '
+                                               'folder, <variant>[-lr<rate>]-s<seed>'}
 # set per size by --sizes (refused on the command line and in a variant together with it)
 SIZE_KEYS = ('n_layer', 'n_embd', 'n_head', 'ffn_hidden', 'expert_hidden')
 # changing these between two invocations does not change what a run computes (max_iters extends a run)
 HARMLESS_CHANGES = {'max_iters', 'compile', 'log_interval', 'device', 'always_save_checkpoint', 'overwrite',
-                    'check_learned'}
+                    'check_learned', 'wandb_log', 'wandb_project'}
 RENAMED = {'tune_seed': 'tune_seeds'}   # old compare.py settings: refused with the new name, never silently reread
 HERE = Path(__file__).resolve().parent
 NAME_CHARS = r'[A-Za-z0-9_.+-]+'       # a variant's name is a folder name on every OS
@@ -265,13 +266,16 @@ def check_numbers(settings):
                            f"size)")
 
 
-def make_job(tag, run_dir, settings, train_args, state):
-    """The train.py command of one run. Settings that differ from the shared train_args come last (they win)."""
+def make_job(tag, run_dir, settings, train_args, state, wandb_name=None):
+    """The train.py command of one run. Settings that differ from the shared train_args come last (they win).
+    wandb_name (with --wandb_log=True): the run's name in wandb."""
     overrides = [as_argument(k, v) for k, v in settings.items() if k not in ('activation', 'seed')]
     act, seed = settings['activation'], settings['seed']
     cmd = [sys.executable, str(HERE / 'train.py'), *train_args, *overrides,
            f'--activation={act}', f'--seed={seed}', f'--init_seed={seed}', f'--out_dir={run_dir}',
            f'--init_from={"resume" if state == "resume" else "scratch"}']
+    if wandb_name:
+        cmd.append(f'--wandb_run_name={wandb_name}')
     if state == 'scratch':
         cmd.append('--overwrite=True')      # what an earlier attempt left before its first checkpoint is worth nothing
     return dict(name=run_dir.name, tag=tag, cmd=cmd, run_dir=run_dir,
@@ -516,7 +520,9 @@ def train_all(plan, train_args):
                 print(f'=== [{tag}] {"finished" if state == "done" else "diverged"} earlier, skipping ({run_dir})')
                 continue
             runs.record_settings(run_dir, settings)
-            jobs.append(make_job(tag, run_dir, plan.run_settings(level, act, seed, lr), train_args, state))
+            # wandb: the run's folder under out_dir names it, e.g. polynorm-s1, tune/polynorm-lr0.002-s0, 4x128/gelu-s2
+            wandb_name = run_dir.relative_to(plan.out_dir).as_posix() if settings.get('wandb_log') else None
+            jobs.append(make_job(tag, run_dir, plan.run_settings(level, act, seed, lr), train_args, state, wandb_name))
         return jobs
 
     def run(jobs):

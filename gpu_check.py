@@ -9,7 +9,8 @@ Stages, each a subprocess with its own time limit, so one that hangs or overruns
 1. tests: `python -m pytest -v tests/test_cuda.py` (every CUDA path; skipped as a whole without a GPU). ~2-3 min on
    an H200, compiles included.
 2. bench: `python bench.py config/bench_gpu.py` (GPT-2-small size, T = 1024, bf16 autocast; GELU, SwiGLU, PolyReLU,
-   PolyNorm eager and compiled; MoE 8 experts top-2 compiled against dense). ~3-4 min on an H200, 6 compiles.
+   PolyNorm eager and compiled; MoE 8 experts top-2 compiled against dense; PolyNorm generation with and without the KV
+   cache). ~3-4 min on an H200, 6 compiles, before the generation rows were added (an estimated 20-40 s more).
 The budget: both limits together are 7.5 minutes (tests_timeout + bench_timeout), under the 8 the issue allows on one
 H100/H200. Nothing needs the network or pip: the tests make a small character dataset in a temp folder, the benchmark
 times random token ids, and no GPT-2 BPE file is read.

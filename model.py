@@ -76,10 +76,13 @@ class PolyCom(nn.Module):
     def forward(self, x):
         if not self.fast:
             return self.formula(x.to(_compute_dtype(x))).to(x.dtype)
+        # no gradient wanted (evaluation, generation): the Functions' own forward code without autograd's bookkeeping,
+        # which costs a quarter of a one-token call (generation with a KV cache makes one per token and layer)
         if self.base in ('norm', 'relu_norm'):      # relu saves its output: the very tensor PolyNormFunction saves
-            u = torch.relu(x) if self.base == 'relu_norm' else x
-            return PolyNormFunction.apply(u, self.weight, self.bias, self.eps)
-        return PolyBaseFunction.apply(x, self.weight, self.bias, self.base, self.slope)
+            args = (torch.relu(x) if self.base == 'relu_norm' else x, self.weight, self.bias, self.eps)
+            return PolyNormFunction.apply(*args) if torch.is_grad_enabled() else PolyNormFunction.values(*args)[0]
+        args = (x, self.weight, self.bias, self.base, self.slope)
+        return PolyBaseFunction.apply(*args) if torch.is_grad_enabled() else PolyBaseFunction.values(*args)
 
     def extra_repr(self):
         return f"order={self.order}, base={self.base}"
@@ -463,16 +466,23 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = make_norm(config) if config.qk_norm else None
         self.k_norm = make_norm(config) if config.qk_norm else None
 
-    def forward(self, x, rope=None):
+    def forward(self, x, rope=None, cache=None):
+        """x: (B, T, C). cache (generation only, see KVCache): this layer's keys and values of the positions before x;
+        x's positions continue after them, and its own keys and values are appended."""
         B, T, C = x.shape
+        start = cache.length if cache is not None else 0                     # x's first position
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)                  # (B, T, C) each
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if rope is not None:
-            cos, sin = rope
-            q, k = apply_rope(q, cos[:T], sin[:T]), apply_rope(k, cos[:T], sin[:T])
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+            cos, sin = rope[0][start:start + T], rope[1][start:start + T]   # (T, hs/2) at x's positions
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            y = cache.attend(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -485,8 +495,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MoE(config) if use_moe else MLP(config)
 
-    def forward(self, x, rope=None):
-        x = x + self.attn(self.ln_1(x), rope)
+    def forward(self, x, rope=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rope, cache)
         if isinstance(self.mlp, MoE):
             y, moe_stats = self.mlp(self.ln_2(x))
             return x + y, moe_stats
@@ -586,14 +596,15 @@ class GPT(nn.Module):
 
     # ---- forward
 
-    def embed(self, idx):
+    def embed(self, idx, start=0):
+        """idx: (B, T) tokens at positions start .. start+T-1 (start > 0: after a KV cache's) -> (B, T, C)."""
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}; "
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}; "
                              f"crop the input or train with a larger --block_size")
         x = self.transformer.wte(idx)                                        # (B, T, C)
         if self.transformer.wpe is not None:
-            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
         return self.transformer.drop(x)
 
     def rope(self):
@@ -627,25 +638,53 @@ class GPT(nn.Module):
         total = self.config.aux_loss_weight * balance + self.config.z_loss_weight * z
         return dict(balance_loss=balance, z_loss=z, aux_total=total, expert_load=torch.stack([s[2] for s in moe_stats]))
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 means greedy; top_k keeps the k likeliest."""
+    # ---- generation
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True):
+        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 means greedy; top_k keeps the k likeliest.
+        Each token is predicted from the last block_size tokens before it (nanoGPT's crop). kv_cache=False runs the
+        whole window through the model for every token; kv_cache=True keeps every layer's keys and values, so the
+        prompt runs once and then one token per step, with the same predictions. Past block_size the window slides:
+        every position moves and every cached key changes, so each further step refills the cache from the new window
+        (exact, but no faster than kv_cache=False). Generation runs in eval mode (no dropout), whatever the mode, and
+        under torch.inference_mode (~10% faster than no_grad on CPU at this size); the result is a plain tensor."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :]                                         # (B, V)
-            if temperature == 0:
-                idx_next = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float('-inf'))
-                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+        if not isinstance(kv_cache, bool):
+            raise ValueError(f"kv_cache must be True or False, got {kv_cache!r}")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                caches = None
+                for _ in range(max_new_tokens):
+                    if kv_cache:
+                        logits, caches = self.next_logits_cached(idx, caches)
+                    else:
+                        logits, _ = self(idx[:, -self.config.block_size:])
+                    idx = torch.cat((idx, sample_token(logits[:, -1, :], temperature, top_k)), dim=1)
+        finally:
+            self.train(was_training)
+        return idx.clone()          # outside inference mode: a tensor a later forward may save for backward
+
+    def next_logits_cached(self, idx, caches):
+        """The logits (B, 1, V) of the token after idx (B, T), and caches (one KVCache per layer, None at the first
+        step) holding the keys and values of idx's window, the last block_size tokens. When the caches hold all of
+        idx but its newest token and have room for one more, only that token runs; otherwise (the first step, or past
+        block_size) the whole window refills fresh caches."""
+        block_size = self.config.block_size
+        if caches is None or caches[0].length != idx.shape[1] - 1 or caches[0].length == block_size:
+            caches = [KVCache(block_size) for _ in self.transformer.h]
+            return self.forward_cached(idx[:, -block_size:], caches), caches
+        return self.forward_cached(idx[:, -1:], caches), caches
+
+    def forward_cached(self, idx, caches):
+        """idx: (B, T) the tokens right after the positions caches hold -> logits (B, 1, V) of the next token. The
+        generation forward: no targets, no MoE aux terms (each token is routed as in forward, per token)."""
+        x = self.embed(idx, start=caches[0].length)
+        for block, cache in zip(self.transformer.h, caches):
+            x, _ = block(x, self.rope(), cache)
+        return self.lm_head(self.transformer.ln_f(x[:, [-1], :]))            # (B, 1, V)
 
     # ---- training helpers
 
@@ -698,6 +737,55 @@ class GPT(nn.Module):
             x, _ = block(x, self.rope())
             states.append(x)
         return states
+
+
+# -----------------------------------------------------------------------------
+# Generation: sampling one token, and the KV cache of one attention layer
+
+
+def sample_token(logits, temperature, top_k=None):
+    """logits: (B, V) -> (B, 1) token ids: the argmax for temperature 0, else a draw from softmax(logits /
+    temperature) restricted to the top_k likeliest (None: all)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):      # top_k >= V keeps every token: nothing to mask
+        kth = torch.topk(logits, top_k).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+
+
+class KVCache:
+    """One attention layer's keys and values during generation: buffers k, v of shape (B, nh, capacity, hs) whose
+    first `length` positions are filled, allocated at the first append with the shape, dtype and device of its
+    keys. Written in place, so a step costs no copy of the earlier positions."""
+
+    def __init__(self, capacity):
+        self.capacity, self.length, self.k, self.v = capacity, 0, None, None
+
+    def append(self, k, v):
+        """k, v: (B, nh, T, hs) of the next T positions -> the keys and values of every position so far, each
+        (B, nh, length, hs)."""
+        B, nh, T, hs = k.shape
+        if self.length + T > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions (block_size); {self.length} are filled "
+                             f"and {T} more do not fit")
+        if self.k is None:
+            self.k, self.v = k.new_empty(B, nh, self.capacity, hs), v.new_empty(B, nh, self.capacity, hs)
+        self.k[:, :, self.length:self.length + T] = k
+        self.v[:, :, self.length:self.length + T] = v
+        self.length += T
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+    def attend(self, q, k, v):
+        """Causal attention of the next T positions: q, k, v (B, nh, T, hs) -> (B, nh, T, hs). Appends k and v;
+        each query sees every earlier cached position and the new ones up to its own."""
+        start, T = self.length, q.shape[2]
+        keys, values = self.append(k, v)                                     # (B, nh, start + T, hs)
+        if start == 0 or T == 1:        # a fresh cache: plain causal; one query: it sees every position
+            return F.scaled_dot_product_attention(q, keys, values, is_causal=start == 0)
+        mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(start)   # query i sees keys <= start+i
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
 
 # =============================================================================
@@ -757,6 +845,14 @@ class PolyNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
+        y, inv_rms = PolyNormFunction.values(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, inv_rms)
+        return y
+
+    @staticmethod
+    def values(x, weight, bias, eps):
+        """The forward without autograd: y (shape and dtype of x) and s (N, r). PolyCom calls it directly when no
+        gradient is wanted."""
         xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
         r, width = weight.numel(), xc.shape[-1]
         w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
@@ -773,8 +869,7 @@ class PolyNormFunction(torch.autograd.Function):
                 s.append(torch.rsqrt(torch.linalg.vector_norm(power, dim=-1).square() / width + eps))
             inv_rms[rows] = torch.stack(s, dim=-1)
             _polynomial(xb, inv_rms[rows] * w, b, out=y[rows])
-        ctx.save_for_backward(x, weight, inv_rms)
-        return y.view(x.shape).to(x.dtype)
+        return y.view(x.shape).to(x.dtype), inv_rms
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -846,6 +941,13 @@ class PolyBaseFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, base, slope=None):
+        ctx.save_for_backward(x, weight, slope)
+        ctx.base = base
+        return PolyBaseFunction.values(x, weight, bias, base, slope)
+
+    @staticmethod
+    def values(x, weight, bias, base, slope=None):
+        """The forward without autograd (PolyCom calls it directly when no gradient is wanted)."""
         xc = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])   # (N, H)
         w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
         a = slope.to(xc.dtype) if slope is not None else None
@@ -854,8 +956,6 @@ class PolyBaseFunction(torch.autograd.Function):
             xb = xc[rows]
             rho = torch.relu(xb) if base == 'relu' else POINTWISE_BASES[base](xb, a)[0]   # relu: skip its slope
             _polynomial(rho, w, b, out=y[rows])
-        ctx.save_for_backward(x, weight, slope)
-        ctx.base = base
         return y.view(x.shape).to(x.dtype)
 
     @staticmethod

@@ -6,6 +6,14 @@ Sample text from a model trained with train.py.
 
 Every setting and the prompt file are checked before torch is imported, so a wrong one costs a fraction of a second
 and one error line naming it.
+
+The KV cache (--kv_cache=True, the default) keeps every layer's keys and values: the prompt runs through the model once,
+then one token per step, with the predictions of --kv_cache=False, which reruns the whole context for every token (the
+same text for the same seed, up to float rounding tipping a near tie). Each token is predicted from the block_size
+tokens before it (nanoGPT's crop). Past block_size the cache is EXACT, not fast: when the window slides, every position
+and so every cached key and value changes, and each further token refills the cache from the new window, at the cost
+of a step without the cache. So only the first block_size - len(prompt) new tokens are faster (BENCHMARKS.md: ~3-4x
+for 255 tokens on the README's char model with block_size 256, ~1.4x for the default 500).
 """
 import math
 import os
@@ -26,6 +34,7 @@ seed = 1337
 device = 'auto'             # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
 dtype = 'auto'              # 'auto' (bf16 on CUDA if supported, else fp16; fp32 elsewhere), 'float32', 'bfloat16', 'float16'
 compile = False
+kv_cache = True             # keep each layer's keys and values (the same tokens, faster); False: rerun the context
 # -----------------------------------------------------------------------------
 configure(globals())
 # -----------------------------------------------------------------------------
@@ -144,7 +153,8 @@ x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]   # (1, 
 
 with torch.no_grad(), ctx:
     for _ in range(num_samples):
-        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k if top_k > 0 else None)
+        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k if top_k > 0 else None,
+                           kv_cache=kv_cache)
         # BPE vocabularies are padded (50257 -> 50304); a padding id has no text, so drop the rare one sampled
         ids = [i for i in y[0].tolist() if i < meta['vocab_size']]
         print(decode(ids))

@@ -8,12 +8,11 @@ Several nodes:    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_
 Resume:           python train.py --out_dir=out-shakespeare-char --init_from=resume
                   (the checkpoint's settings are the defaults; flags you pass win, except for the architecture)
 
-Every knob is a global below with its default; a config file and --key=value flags override them (configurator.py);
-training/settings.py checks them before torch is imported (a wrong one costs one error line). out_dir
-(training/run_folder.py): ckpt.pt (the latest good checkpoint), ckpt_best.pt, log.csv, coeffs.csv (PolyCom), moe.csv
-(MoE), summary.json, .lock. Ctrl-C or SIGTERM stops after the current iteration with a checkpoint (a second Ctrl-C stops
-at once, without saving). Exit status: 0 finished, 1 the run went wrong (disk full, ...), 2 bad settings, 3 diverged
-(training/divergence.py), 4 did not learn (final val loss not below the unigram entropy: check_learned), 130 stopped.
+Every knob is a global below with its default; config files and --key=value flags override them (configurator.py),
+training/settings.py checks them before torch is imported. out_dir (training/run_folder.py): ckpt.pt, ckpt_best.pt,
+log.csv, coeffs.csv, moe.csv, summary.json, .lock. Ctrl-C / SIGTERM stops after this iteration with a checkpoint (a
+second Ctrl-C at once, unsaved). Exit status: 0 finished, 1 went wrong (disk full, ...), 2 bad settings, 3 diverged
+(training/divergence.py), 4 did not learn (check_learned), 130 stopped.
 
 Reproducibility: micro-batch positions are a pure function of (seed, step, global micro-step index) (data/dataset.py),
 so a resumed run sees exactly the batches an uninterrupted one would, and N ranks with G/N micro-steps each see the
@@ -24,12 +23,12 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 from configurator import configure
 from training import checkpoint, settings
 from training.processes import StopRequest, say, torchrun_env
-from training.run_folder import RunFolder, number, resume_command
+from training.run_folder import RunFolder, open_wandb_run, outcome_at_the_end, resume_command
 
 # -----------------------------------------------------------------------------
 # default config values: a small character-level model that trains on a laptop CPU in minutes
@@ -42,12 +41,11 @@ eval_only = False           # evaluate once and exit
 always_save_checkpoint = True   # if False, checkpoint only when val loss improves (and at the end)
 init_from = 'scratch'       # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 overwrite = False           # a scratch run into an out_dir that holds a run replaces it only when True
-check_learned = True        # a final val loss not below the training tokens' unigram entropy (what token frequencies
-                            # alone give) is no result: exit status 4. False only for smoke runs of a few iterations
-# wandb logging (off by default; wandb is imported only when on)
+check_learned = True        # a final val loss not below the unigram entropy of train.bin is no result (exit 4)
+# wandb logging (off by default; imported only when on): every row of log.csv, coeffs.csv and moe.csv, step = iter
 wandb_log = False
 wandb_project = 'nanopoly'
-wandb_run_name = 'run'
+wandb_run_name = 'run'      # compare.py names each of its runs after its folder: <variant>[-lr<rate>]-s<seed>
 # data
 dataset = 'shakespeare_char'    # a folder name under data/ (prepared by data/<name>/prepare.py) or a path to one
 gradient_accumulation_steps = 1 # micro-steps per optimizer step in total over all ranks (nanoGPT's meaning)
@@ -120,7 +118,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from training import peak_flops  # noqa: E402
-from data.dataset import model_vocab_size, unigram_entropy  # noqa: E402
+from data.dataset import model_vocab_size  # noqa: E402
 from training.divergence import DivergenceGuard, advice  # noqa: E402
 from model import GPT, MoE  # noqa: E402
 from training.processes import choose_device, init_process_group, leave  # noqa: E402
@@ -141,13 +139,7 @@ if resume is not None:   # the dataset and block_size may have come from the che
     data = settings.open_dataset(dataset, block_size)
 other_data = resume is not None and settings.check_resumed_dataset(resume, data.meta, dataset, explicit)
 meta, train_data, val_data = data.meta, data.train, data.val
-# a model that learned anything from context beats the unigram entropy (nats/token) of its training tokens
-unigram_loss = unigram_entropy(train_data.data_dir, meta)[0] if check_learned else None
-
-
-def learned(val_loss):
-    """False when check_learned is on and val_loss is not below the unigram entropy: the run learned nothing."""
-    return unigram_loss is None or val_loss is None or val_loss < unigram_loss
+unigram_loss = settings.unigram_floor(config, train_data)   # the run must end below it (None: check_learned off)
 
 
 def get_batch(split, step, micro_step, rank=0, micro_steps_per_rank=1):
@@ -179,9 +171,8 @@ if resume is not None:
     resume = None   # free the memory
 start_iter = iter_num
 if start_iter >= max_iters and not eval_only:   # a finished run resumed with the same max_iters: nothing to train
-    run.nothing_to_train(max_iters, 'finished' if learned(final_val_loss) else 'did_not_learn', iter=iter_num,
-                         tokens=tokens, final_val_loss=final_val_loss, best_iter=best_iter, best_val_loss=best_val_loss,
-                         unigram_entropy=unigram_loss)
+    run.nothing_to_train(max_iters, unigram_loss, iter=iter_num, tokens=tokens, final_val_loss=final_val_loss,
+                         best_iter=best_iter, best_val_loss=best_val_loss)
     leave(0)
 model = torch.compile(raw_model) if compile else raw_model   # evaluation uses this one (never the DDP wrapper)
 train_model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None) if ddp else model
@@ -257,10 +248,9 @@ if iter_num == 0 or eval_only:
         final_val_loss = guard.best_val_loss = val_loss
 if eval_only:
     leave(0)
-run.start(init_from, iter_num, final_val_loss, list(raw_model.poly_coefficients()), n_moe_layers)   # old files go now
-if master and wandb_log:
-    import wandb
-    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+wandb_run = open_wandb_run(config) if master and wandb_log else None   # every log row from iter 0 on goes there too
+run.start(init_from, iter_num, final_val_loss, list(raw_model.poly_coefficients()), n_moe_layers,   # old files go now
+          wandb_run)
 stop = StopRequest()   # Ctrl-C/SIGTERM: finish this iteration, evaluate, save, exit (the flag rides on the all-reduce)
 diverged_because = None   # set when the loss became non-finite: the run stops without saving
 t_last, iters_since_log = time.time(), 0
@@ -335,9 +325,7 @@ while iter_num < max_iters:
         load = torch.tensor(stats[3:-4]).view(n_moe_layers, n_expert)
         layer_cv = (load.std(dim=1, unbiased=False) / load.mean(dim=1)).tolist()
         row.update(balance_loss=balance_loss, z_loss=z_loss, expert_cv=sum(layer_cv) / n_moe_layers)
-    run.log_iteration(row, layer_cv if n_moe_layers else (), raw_model.poly_coefficients())
-    if master and wandb_log:
-        wandb.log({name: value for name, value in row.items() if value is not None}, step=iter_num)
+    run.log_iteration(row, layer_cv if n_moe_layers else (), raw_model.poly_coefficients())   # and to wandb_run
     if eval_now:
         good, improved = guard.judge_val_loss(val_loss, iter_num, run.kept())   # a diverging run is not saved
         best_iter = iter_num if improved else best_iter
@@ -355,7 +343,7 @@ if diverged_because is None and guard.diverged and iter_num >= max_iters:
     diverged_because = (f"the run diverged at iter {guard.since} and had not recovered by iter {iter_num} (last val "
                         f"loss {final_val_loss:.4f})")
 outcome = ('diverged' if diverged_because else 'stopped' if iter_num < max_iters else
-           'finished' if learned(final_val_loss) else 'did_not_learn')
+           outcome_at_the_end(final_val_loss, unigram_loss))
 speed_figures = speed.summary(start_iter)   # medians after the warm-up; collective on CPU (a peak re-measure)
 other_load_cores = peak_flops.other_load_cores(load_start, loop_start, dist if ddp else None, device)
 if master:

@@ -8,6 +8,10 @@
 # Every variant's model and AdamW state stay on the GPU together (that is what lets the timing be round-robin): about
 # 1.5 GB per dense variant and 6 GB per MoE variant between steps, plus one step's activations; B = 8 keeps the
 # whole set well under 80 GB. On a smaller GPU lower batch_size (the recording refuses it, the table is still written).
+# Generation (GPT.generate with and without the KV cache, 255 new tokens from a 1-token prompt, batch 1, eager) runs on
+# the GPT-2-small model itself (the gen_ sizes 0 = the sizes above), PolyNorm only: per round two calls of 255 steps
+# each, eager steps of a few ms (kernel launches), so roughly 2-4 s a round, 20-40 s in all (an estimate: not yet
+# measured on a GPU).
 n_layer = 12
 n_head = 12
 n_embd = 768
@@ -25,3 +29,7 @@ dtype = 'bfloat16'
 repeats = 10
 steps_per_repeat = 2
 warmup_steps = 3
+gen_activations = 'polynorm'
+gen_n_embd = 0
+gen_ffn_hidden = 0
+gen_vocab_size = 0

@@ -12,10 +12,11 @@ import bench
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(bench.DEFAULTS, n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=2, activations='gelu,polynorm',
             modes='eager', moe_activations='gelu', n_expert=4, top_k=2, repeats=1, warmup_steps=1, matmul_peak=False,
-            out_file='')
+            out_file='', gen_activations='polynorm', gen_new_tokens=6, gen_n_embd=0, gen_ffn_hidden=0, gen_vocab_size=0)
 TINY_FLAGS = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=2', '--repeats=1',
               '--warmup_steps=1', '--matmul_peak=False', '--activations=gelu,polynorm', '--modes=eager',
-              '--moe_activations=gelu', '--n_expert=4']
+              '--moe_activations=gelu', '--n_expert=4', '--gen_new_tokens=6', '--gen_n_embd=0', '--gen_ffn_hidden=0',
+              '--gen_vocab_size=0']
 
 
 @pytest.fixture(scope='module')
@@ -96,6 +97,9 @@ def test_printed_table_lists_every_variant_and_target(results):
     ('--poly_orders=0', "--poly_orders=0: '0' is not an order from 1 to 8"),
     ('--poly_orders=2,x', "'x' is not an order from 1 to 8"),
     ('--activations=gelu,swiglu --moe_activations= --poly_orders=2', '--poly_orders applies to PolyCom activations'),
+    ('--gen_activations=gelu,tanh', "unknown activation 'tanh' in --gen_activations"),
+    ('--gen_new_tokens=0', 'gen_new_tokens must be >= 1, got 0'),
+    ('--gen_n_embd=130', 'n_embd (130) must be divisible by n_head (4)'),
 ])
 def test_bad_flags_fail_in_one_line(flags, message):
     proc = subprocess.run([sys.executable, 'bench.py', *flags.split()], cwd=ROOT, capture_output=True, text=True,
@@ -169,6 +173,68 @@ def test_record_replaces_the_section_of_benchmarks_md_only(monkeypatch, tmp_path
     assert 'recorded by hand' in text and '<!-- bench:cpu begin -->' in text and '| polynorm eager |' in text
     assert not (tmp_path / 'out-bench').exists()
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote the cpu section of {recorded} (--record=True)"
+
+
+# ----------------------------------------------------------------------------- generation with and without the KV cache
+
+
+def test_generation_rows_give_tokens_per_second_both_ways_and_the_speedup_target(results, tmp_path):
+    [row] = results['generation']
+    assert row['name'] == 'polynorm generate' and row['ffn_hidden'] == 192    # the paper's rule at d = 32
+    assert row['cached_tokens_per_sec'] > 0 and row['uncached_tokens_per_sec'] > 0 and row['speedup'] > 0
+    assert results['figures'][('gen_speedup', 'polynorm', None)] == (row['speedup'],) * 3   # one round: no spread
+    path = tmp_path / 'BENCHMARKS.md'
+    bench.write_markdown(results, str(path))
+    text = path.read_text()
+    assert 'Generation: GPT.generate, batch 1, a 1-token prompt, 6 new tokens' in text and 'block_size 16' in text
+    assert '| generation | FFN hidden | tokens/s with KV cache | tokens/s without |' in text
+    assert '| polynorm generate | 192 |' in text
+    assert [line for line in text.splitlines() if line.startswith('| PolyNorm generation tokens/s, KV cache / none |')
+            ][0].startswith('| PolyNorm generation tokens/s, KV cache / none | ≥ 3.00× |')
+    lines = []
+    bench.print_results(results, log=lines.append)
+    assert any(line.startswith('polynorm generate ') for line in '\n'.join(lines).splitlines())
+
+
+def test_the_cpu_generation_model_is_the_readmes_char_model_and_the_gpu_one_gpt2_small():
+    cpu = bench.generation_config(bench.DEFAULTS, 'polynorm')
+    assert (cpu.n_layer, cpu.n_head, cpu.n_embd, cpu.ffn_hidden, cpu.block_size, cpu.vocab_size) == \
+        (4, 4, 128, 576, 256, 84)
+    assert bench.DEFAULTS['gen_new_tokens'] + 1 == cpu.block_size            # prompt + new tokens fill the cache
+    gpu_cfg, _ = bench.parse_config([bench.GPU_RECORD_CONFIG], bench.DEFAULTS)
+    gpu = bench.generation_config(gpu_cfg, 'polynorm')
+    assert (gpu.n_layer, gpu.n_head, gpu.n_embd, gpu.ffn_hidden, gpu.block_size, gpu.vocab_size) == \
+        (12, 12, 768, 0, 1024, 50304)
+    assert gpu_cfg['gen_activations'] == 'polynorm' and gpu_cfg['gen_new_tokens'] == 255
+
+
+def test_each_round_times_one_call_with_and_one_without_the_cache_in_alternating_order(monkeypatch):
+    g = bench.Generation(dict(TINY), 'gelu')
+    calls = []
+    generate = g.model.generate
+    monkeypatch.setattr(g.model, 'generate', lambda idx, n, **kwargs: calls.append((n, kwargs)) or
+                        generate(idx, n, **kwargs))
+    g.time_round(cached_first=True)
+    g.time_round(cached_first=False)
+    assert [kwargs['kv_cache'] for _, kwargs in calls] == [True, False, False, True]
+    assert all(n == 6 and kwargs['temperature'] == 0.8 and kwargs['top_k'] == 200 for n, kwargs in calls)
+    assert len(g.times[True]) == len(g.times[False]) == 2 and min(g.times[True] + g.times[False]) > 0
+    assert not g.model.training and g.generate(True).shape == (1, 7)
+
+
+def test_the_speedup_is_the_median_of_per_round_ratios_and_tokens_per_second_use_median_times():
+    g = bench.Generation(dict(TINY, gen_new_tokens=10), 'gelu')
+    g.times = {True: [1.0, 2.0, 1.0], False: [4.0, 4.0, 5.0]}        # per-round ratios 4, 2, 5
+    row = bench.generation_row(g)
+    assert (row['speedup'], row['speedup_q1'], row['speedup_q3']) == (4.0, 3.0, 4.5)
+    assert row['cached_tokens_per_sec'] == 10.0 and row['uncached_tokens_per_sec'] == 2.5
+
+
+def test_generation_past_block_size_runs_and_no_gen_activations_means_no_generation_rows():
+    g = bench.Generation(dict(TINY, gen_new_tokens=40), 'polynorm')     # block_size 16: the cache refills
+    assert g.generate(True).shape == g.generate(False).shape == (1, 41)
+    results = bench.summarize(dict(TINY, gen_activations=''), [], {}, [], 1.0)
+    assert results['generation'] == [] and ('gen_speedup', 'polynorm', None) not in results['figures']
 
 
 # ----------------------------------------------------------------------------- the shared timing step
@@ -247,6 +313,8 @@ def refuse_to_run(cfg, log=print):
     (['--activations=gelu,polynorm'],
      "activations='gelu,polynorm' (recorded: 'gelu,relu,relu2,swiglu,polyrelu,polynorm')"),
     (['--moe_activations='], "moe_activations='' (recorded: 'gelu,polynorm')"),
+    (['--gen_new_tokens=100'], 'gen_new_tokens=100 (recorded: 255)'),                # generation
+    (['--gen_activations='], "gen_activations='' (recorded: 'gelu,polynorm')"),
     (['--dtype=bfloat16'], "dtype='bfloat16' (recorded: 'float32')"),              # numerics
     (['--malloc_keep_heap=True'], 'malloc_keep_heap=True (recorded: False)'),
     (['--seed=1'], 'seed=1 (recorded: 1337)'),

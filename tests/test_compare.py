@@ -222,6 +222,31 @@ def test_flags_that_would_break_the_pairing_are_refused():
             compare.parse_args([flag])
 
 
+def test_with_wandb_log_each_run_is_named_after_its_folder(tmp_path, monkeypatch):
+    """--wandb_log=True: every train.py command gets --wandb_run_name=<its folder under out_dir> (variant, seed, and
+    the rate of a tuning run); without it, no name is passed; and the name is compare.py's to set."""
+    pytest.importorskip('wandb')                                 # compare.py checks train.py's settings first
+    launched = []
+    monkeypatch.setattr(runs, 'launch', lambda jobs, slots: launched.extend(jobs) or [])   # nothing trains
+    monkeypatch.setattr(compare, 'write_reports', lambda plan, command: None)
+    common = [*TINY, f'--dataset={make_dataset(tmp_path / "tiny_char")}', '--max_iters=4',
+              '--activations=gelu,polynorm', '--seeds=1,2']
+
+    def names(*args):
+        launched.clear()
+        compare.main([*common, *args])
+        return [a.split('=', 1)[1] for job in launched for a in job['cmd'] if a.startswith('--wandb_run_name=')]
+
+    assert names(f'--out_dir={tmp_path / "a"}') == [] and len(launched) == 4
+    assert names(f'--out_dir={tmp_path / "b"}', '--wandb_log=True') == ['gelu-s1', 'polynorm-s1', 'gelu-s2',
+                                                                         'polynorm-s2']
+    # tuning runs first (none finishes here, so no comparison run follows)
+    assert names(f'--out_dir={tmp_path / "c"}', '--wandb_log=True', '--tune_lr=1e-3,3e-3', '--tune_seeds=0') == \
+        ['tune/gelu-lr0.001-s0', 'tune/gelu-lr0.003-s0', 'tune/polynorm-lr0.001-s0', 'tune/polynorm-lr0.003-s0']
+    with pytest.raises(ValueError, match='--wandb_run_name is set by compare.py for every run'):
+        compare.parse_args(['--wandb_run_name=mine'])
+
+
 def test_effective_rank_of_identity_is_n_and_of_rank_one_is_1():
     assert analysis.effective_rank(torch.eye(16, dtype=torch.float64)) == pytest.approx(16, abs=1e-9)
     u, v = torch.randn(24, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
@@ -479,7 +504,7 @@ def variants(tmp_path_factory):
     """polynorm tuned over 2 rates and r2 = PolyNorm of order 2 at a fixed rate of its own, seed 1, 2 iterations."""
     return compare_in_new_folder(tmp_path_factory, 'variants', *TINY, '--max_iters=2', '--seeds=1',
                                  '--variants=polynorm,r2=polynorm:poly_order=2:learning_rate=1e-2',
-                                 '--tune_lr=1e-3,3e-3')
+                                 '--tune_lr=1e-3,3e-3', '--tune_seeds=0')   # one tuning seed: the default's 2 in 'tuned'
 
 
 def test_a_variant_trains_with_its_own_settings_paired_by_seed(variants):

@@ -380,3 +380,64 @@ def test_the_headline_s_polynorm_swiglu_caveat_is_recomputed(name):
     text = section_text(heading, end, document(name))
     assert f'lower on {lower} of the 10 seeds' in text or f'lower one on {lower} of the 10 seeds' in text
     assert f'needs about {needed} seeds for 80% power' in text
+
+
+# ----------------------------------------------------------------------------- the headline's rates, re-tuned on 2 seeds
+RETUNE = '### The rates re-tuned on two tuning seeds'
+
+
+def retune_losses():
+    """{variant: {rate: {tuning seed: final val loss}}} from assets/headline_retune/tuning.csv (40 tuning runs)."""
+    losses = {}
+    with open(REPO / 'assets' / 'headline_retune' / 'tuning.csv', newline='') as f:
+        for row in csv.DictReader(f):
+            assert row['outcome'] == 'finished', row
+            losses.setdefault(row['variant'], {}).setdefault(float(row['learning_rate']), {})[int(row['seed'])] = \
+                float(row['final_val_loss'])
+    return losses
+
+
+def test_the_retuning_table_is_recomputed_from_the_tuning_runs():
+    """Each rate's mean over tuning seeds 0 and 1000, the chosen (lowest) rate, and its margin to the runner-up with
+    the Student-t 95% interval of the two per-seed margins (1 degree of freedom): the results page and the recorded
+    report say what the 40 tuning runs say."""
+    losses = retune_losses()
+    for text in (RESULTS, (REPO / 'assets' / 'headline_retune' / 'summary.md').read_text('utf-8')):
+        rows = table_after('| variant | lr 0.001 |', text[text.index(RETUNE):] if text is RESULTS else text)
+        assert [row[0] for row in rows] == ['gelu', 'swiglu', 'polyrelu', 'polynorm']
+        for row in rows:
+            by_rate = losses[row[0]]
+            rates = sorted(by_rate)
+            means = {r: sum(by_rate[r].values()) / len(by_rate[r]) for r in rates}
+            assert [number(c.strip('*')) for c in row[1:6]] == [round(means[r], 4) for r in rates], row[0]
+            chosen, runner_up = sorted(rates, key=lambda r: means[r])[:2]
+            assert float(row[6]) == chosen and row[1 + rates.index(chosen)].startswith('**'), row[0]
+            margins = [by_rate[runner_up][s] - by_rate[chosen][s] for s in (0, 1000)]
+            mean = sum(margins) / 2
+            half = scipy_stats.t.ppf(0.975, 1) * abs(margins[0] - margins[1]) / math.sqrt(2) / math.sqrt(2)
+            found = [number(x) for x in re.findall(NUMBER, row[7])]       # margin, the runner-up rate, low, high
+            cell_mean, cell_low, cell_high = found[0], found[-2], found[-1]
+            assert f'over {runner_up:g}' in row[7], row[0]
+            assert (cell_mean, cell_low, cell_high) == (round(mean, 4), round(mean - half, 4), round(mean + half, 4))
+
+
+def test_swiglu_at_its_re_tuned_rate_is_recomputed_from_the_per_seed_losses():
+    """The pairs of SwiGLU's 10 seeds at 2e-3 (assets/headline_retune/runs_swiglu_2e-3.csv) with the headline's runs."""
+    headline = headline_losses()
+    with open(REPO / 'assets' / 'headline_retune' / 'runs_swiglu_2e-3.csv', newline='') as f:
+        swiglu2 = {int(r['seed']): float(r['final_val_loss']) for r in csv.DictReader(f) if r['outcome'] == 'finished'}
+    assert sorted(swiglu2) == list(range(1, 11))
+    pairs = {'SwiGLU at 2e-3 − SwiGLU at 4e-3': (swiglu2, headline['swiglu']),
+             'SwiGLU at 2e-3 − GELU': (swiglu2, headline['gelu']),
+             'PolyReLU − SwiGLU at 2e-3': (headline['polyrelu'], swiglu2),
+             'PolyNorm − SwiGLU at 2e-3': (headline['polynorm'], swiglu2)}
+    rows = table_after('| pair (10 seeds) |', RESULTS)
+    assert [row[0] for row in rows] == list(pairs)
+    for name, delta, verdict_cell in rows:
+        mean, low, high = paired_interval(*pairs[name])
+        assert [number(x) for x in re.findall(NUMBER, delta)] == [round(mean, 4), round(low, 4), round(high, 4)], name
+        assert verdict_cell == verdict(low, high), name
+    values = list(swiglu2.values())
+    m = sum(values) / 10
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / 9)
+    assert f'SwiGLU at 2e-3: {m:.4f} ± {sd:.4f} (10 seeds' in RESULTS

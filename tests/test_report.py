@@ -13,7 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import compare
-from lab import report, runs
+from lab import figures, report, runs
 from test_compare import make_dataset
 
 # two-sided 95% Student t quantiles t(0.975, df) from a printed table
@@ -391,6 +391,55 @@ def test_the_paired_differences_figure_draws_each_seed_its_mean_and_interval(tmp
     write_run(one / 'polynorm-s1', 1.9)
     replot(one, data, '--activations=gelu,polynorm', '--seeds=1')
     assert not (one / 'paired_deltas.png').exists()
+
+
+def write_val_log(run_dir, val_by_iter):
+    """A finished run whose log.csv has a val loss at each given iteration (every 10th: 64 tokens per iteration)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / 'log.csv', 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['iter', 'tokens', 'train_loss', 'val_loss', 'elapsed_s'])
+        for i in range(0, max(val_by_iter) + 1):
+            writer.writerow([i, 64 * i, '3.0', val_by_iter.get(i, ''), 0.1 * i])
+    last = val_by_iter[max(val_by_iter)]
+    (run_dir / 'summary.json').write_text(json.dumps({'outcome': 'finished', 'finished': True, 'iter': max(val_by_iter),
+                                                      'final_val_loss': last, 'best_val_loss': last}))
+
+
+def test_the_difference_panel_is_the_paired_difference_of_the_per_seed_logs(tmp_path, data, monkeypatch):
+    """Panel (d) of loss_curves.png: at every evaluation, the mean over seeds of polynorm's val loss minus gelu's on
+    the same seed, and its Student-t 95% interval (2 degrees of freedom), recomputed here from the logs by hand."""
+    gelu = {1: {0: 4.0, 10: 2.50, 20: 2.00}, 2: {0: 4.0, 10: 2.60, 20: 2.05}, 3: {0: 4.0, 10: 2.55, 20: 2.02}}
+    poly = {1: {0: 4.0, 10: 2.40, 20: 1.93}, 2: {0: 4.0, 10: 2.44, 20: 1.95}, 3: {0: 4.0, 10: 2.47, 20: 1.97}}
+    out = tmp_path / 'out'
+    for seed in (1, 2, 3):
+        write_val_log(out / f'gelu-s{seed}', gelu[seed])
+        write_val_log(out / f'polynorm-s{seed}', poly[seed])
+    drawn = {}
+    real = figures.draw_paired_differences
+    monkeypatch.setattr(figures, 'draw_paired_differences',
+                        lambda ax, differences, *args: drawn.update(differences) or real(ax, differences, *args))
+    replot(out, data, '--activations=gelu,polynorm', '--seeds=1,2,3')
+    band = drawn['polynorm']
+    assert list(band['iter']) == [0, 10, 20] and list(band['tokens']) == [0, 640, 1280] and band['n'] == 3
+    for k, it in enumerate((0, 10, 20)):
+        d = [poly[s][it] - gelu[s][it] for s in (1, 2, 3)]                # at 10: -0.10, -0.16, -0.08
+        half = T975[2] * np.std(d, ddof=1) / math.sqrt(3) if it else 0.0
+        assert band['mean'][k] == pytest.approx(np.mean(d), abs=1e-12)
+        if it:
+            assert band['low'][k] == pytest.approx(np.mean(d) - half, abs=1e-4)
+            assert band['high'][k] == pytest.approx(np.mean(d) + half, abs=1e-4)
+    assert set(drawn) == {'polynorm'}                                      # the baseline has no difference to itself
+
+
+def test_every_activation_keeps_its_colour_whatever_the_order():
+    a, b = figures.colors_for(['gelu', 'polynorm', 'swiglu']), figures.colors_for(['swiglu', 'polynorm', 'gelu'])
+    assert a == b and len(set(a.values())) == 3
+    assert a['polynorm'] == figures.ACTIVATION_COLORS['polynorm']
+    variants = ['polynorm', 'polynorm-poly_order2', 'r5', 'r6', 'gated']  # names outside the table: spare colours
+    colors = figures.colors_for(variants)
+    assert len(set(colors.values())) == len(variants)
+    assert colors == figures.colors_for(list(reversed(variants)))
 
 
 # ----------------------------------------------------------------------------- model-size sweeps

@@ -57,3 +57,22 @@ def test_checkpoints_of_the_older_width_rule_still_sample_and_resume(tmp_path):
     assert done.stdout.startswith('The')
     train(f'--dataset={data_dir}', f'--out_dir={out}', '--init_from=resume', '--max_iters=3', '--eval_interval=3')
     assert torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)['model_args']['ffn_hidden'] == 128
+
+
+# ---- --kv_cache: the same text with and without the cache
+
+
+def test_sample_py_prints_the_same_text_with_and_without_the_cache_past_block_size(trained):
+    # block_size 16 (train_helpers.TINY): 40 new tokens run past it, through the refills
+    args = ['sample.py', f'--out_dir={trained}', '--start=The people', '--num_samples=2', '--max_new_tokens=40']
+    for extra in (['--temperature=0'], ['--seed=7']):                    # greedy, and sampled from one seed
+        cached = run_script(args + extra).stdout                             # --kv_cache=True is the default
+        assert run_script(args + extra + ['--kv_cache=False']).stdout == cached
+        assert cached.startswith('The people') and len(cached.split('---------------\n')[0]) > 40
+
+
+def test_sample_py_rejects_a_kv_cache_that_is_not_a_bool_in_one_line(trained):
+    done = run_script(['sample.py', f'--out_dir={trained}', '--kv_cache=maybe'], check=False)
+    assert done.returncode == 2 and done.stdout == ''
+    assert done.stderr.strip().splitlines() == ["error: config key 'kv_cache' (from the command line) expects bool, "
+                                                "got 'maybe' (str)"]

@@ -370,3 +370,74 @@ def test_the_resume_command_names_each_flag_once():
                                                 '--max_iters=8'
     assert resume_command(argv, 'out', 4, 1).startswith('torchrun --standalone --nproc_per_node=4 train.py')
     assert resume_command(argv, 'out', 4, 2).startswith('torchrun --nnodes=2 --nproc_per_node=2 ')
+
+
+# ---- wandb (--wandb_log=True): the real package, offline
+
+
+def wandb_history(wandb_dir):
+    """{step: {key: value}} of the one offline run under wandb_dir, and its run record (name, project), read from its
+    run-<id>.wandb file: wandb's LevelDB-log framing (a 7-byte file header, 32 KiB blocks, records with a 7-byte
+    header: crc32, length, type FULL/FIRST/MIDDLE/LAST) around protobuf Records. No wandb-summary.json is written
+    offline, and wandb has no public reader of this file."""
+    from pathlib import Path
+
+    from wandb.proto import wandb_internal_pb2
+    [path] = Path(wandb_dir, 'wandb').glob('offline-run-*/run-*.wandb')
+    data = path.read_bytes()
+    assert data[:4] == b':W&B'
+    block, pos, pending, history, run = 32768, 7, b'', {}, None
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:                       # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], 'little'), data[pos + 6]
+        if kind == 0:                                     # zeros: the end of what was written
+            break
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):                                # FULL or LAST: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b''
+            if record.HasField('history'):
+                items = {item.key or '.'.join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item}
+                history.setdefault(items.pop('_step'), {}).update(
+                    {k: v for k, v in items.items() if k not in ('_timestamp', '_runtime')})
+            elif record.HasField('run'):
+                run = record.run
+    return history, run
+
+
+def test_wandb_gets_every_row_of_log_csv_coeffs_csv_and_moe_csv(data_dir, tmp_path):
+    pytest.importorskip('wandb')
+    from training.run_folder import CSV_FORMATS, number
+    out = tmp_path / 'out'
+    train(f'--dataset={data_dir}', f'--out_dir={out}', '--max_iters=4', '--eval_interval=2', '--activation=polynorm',
+          '--n_expert=4', '--top_k=2', '--wandb_log=True', '--wandb_project=tests', '--wandb_run_name=polynorm-s1',
+          extra_env=dict(WANDB_MODE='offline', WANDB_DIR=str(tmp_path), WANDB_SILENT='true'))
+    history, run = wandb_history(tmp_path)
+    assert (run.display_name, run.project) == ('polynorm-s1', 'tests')
+    expected = {}          # the CSV logs as wandb should hold them: {iter: {key: cell text}}
+    for name, prefix in (('log.csv', ''), ('coeffs.csv', 'coeffs/'), ('moe.csv', 'moe/')):
+        for row in read_log(out, name):
+            cells = {prefix + k: v for k, v in row.items() if v != '' and (name == 'log.csv' or k != 'iter')}
+            expected.setdefault(int(row['iter']), {}).update(cells)
+    assert sorted(history) == sorted(expected) == [0, 1, 2, 3, 4]     # the iteration-0 evaluation included
+    assert {'val_loss', 'coeffs/layer1.a3', 'moe/layer1_cv', 'expert_cv', 'grad_norm'} <= set(history[2])
+    for step, cells in expected.items():
+        assert set(history[step]) == set(cells), step
+        for key, text in cells.items():   # the same number: wandb's at full precision, formatted as log.csv does
+            assert number(history[step][key], CSV_FORMATS.get(key)) == text, (step, key)
+
+
+def test_wandb_log_without_the_package_is_one_line(data_dir, tmp_path):
+    # whether or not wandb is installed here: train.py runs with it hidden (sys.modules[name] = None: not findable)
+    hide = ("import runpy, sys; sys.modules['wandb'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path('train.py', run_name='__main__')")
+    done = run_script(['-c', hide, 'train.py', f'--dataset={data_dir}', f'--out_dir={tmp_path}', '--max_iters=2',
+                       '--wandb_log=True'], check=False)
+    assert done.returncode == 2 and not os.listdir(tmp_path)
+    assert done.stderr.strip().splitlines() == ["error: wandb_log=True needs the wandb package: pip install wandb (or "
+                                                "run with --wandb_log=False)"]

@@ -45,8 +45,8 @@ def run_script(args, check=True, launcher=None, extra_env=None):
     return done
 
 
-def train(*args, check=True):
-    return run_script(['train.py', *TINY, *args], check=check)
+def train(*args, check=True, extra_env=None):
+    return run_script(['train.py', *TINY, *args], check=check, extra_env=extra_env)
 
 
 def torchrun_train(nproc, *args):

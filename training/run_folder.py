@@ -59,6 +59,28 @@ def number(value, spec=None):
     return format(value, spec) if spec else repr(float(value))
 
 
+def outcome_at_the_end(val_loss, floor):
+    """How a run that reached max_iters ended: 'finished', or 'did_not_learn' (exit status 4) when its final val loss
+    is not below the unigram floor (None: not checked)."""
+    return 'finished' if floor is None or val_loss is None or val_loss < floor else 'did_not_learn'
+
+
+def open_wandb_run(config):
+    """The wandb run (--wandb_log=True, rank 0) that RunFolder.start hands every log row to; wandb is imported only
+    here, so a run without it never needs the package."""
+    import wandb
+    return wandb.init(project=config['wandb_project'], name=config['wandb_run_name'], config=config)
+
+
+def wandb_row(name, row):
+    """A CSV row as wandb logs it, at full precision, at wandb step = its iter: log.csv's columns under their own
+    names, coeffs.csv's and moe.csv's as 'coeffs/<column>' and 'moe/<column>'; empty cells are left out."""
+    if name == 'log.csv':
+        return {column: value for column, value in row.items() if value is not None}
+    prefix = name[:-len('.csv')] + '/'
+    return {prefix + column: value for column, value in row.items() if column != 'iter' and value is not None}
+
+
 class RunFolder:
     def __init__(self, out_dir, master, resume_command):
         self.dir, self.master, self.resume_command = out_dir, master, resume_command
@@ -67,6 +89,7 @@ class RunFolder:
         self.last_saved = None      # (iter, val loss) that ckpt.pt holds, once known
         self.saved_best = None      # (iter, val loss) that ckpt_best.pt holds
         self.logs = {}              # log file name -> header, once the run has started
+        self.wandb_run = None       # --wandb_log=True (rank 0): the wandb run that gets every CSV row too
         self.training_started = False
         sys.excepthook = self.report_interrupt
 
@@ -125,10 +148,11 @@ class RunFolder:
             return f"replacing the run there ({', '.join(self.previous_run)}; --overwrite=True)"
         return 'resuming the run there' if start_iter else 'a new run'
 
-    def start(self, init_from, iter_num, val_loss, coefficient_names, n_moe_layers):
+    def start(self, init_from, iter_num, val_loss, coefficient_names, n_moe_layers, wandb_run=None):
         """The run has started: only now are the old run's files replaced (--overwrite=True) or the logs cut back to
-        the checkpoint being resumed. A new run's log starts with the row of its iteration-0 evaluation."""
-        self.logs = {'log.csv': LOG_COLUMNS}
+        the checkpoint being resumed. A new run's log starts with the row of its iteration-0 evaluation. wandb_run
+        (--wandb_log=True): from now on every row written to a log is logged there too (log_row)."""
+        self.logs, self.wandb_run = {'log.csv': LOG_COLUMNS}, wandb_run
         if coefficient_names:
             self.logs['coeffs.csv'] = ['iter'] + coefficient_names
         if n_moe_layers:
@@ -142,7 +166,7 @@ class RunFolder:
         for name, header in self.logs.items():
             self.cut_csv(name, iter_num if init_from == 'resume' else None)
         if iter_num == 0:
-            self.log('log.csv', {'iter': 0, 'tokens': 0, 'val_loss': number(val_loss)})
+            self.log('log.csv', {'iter': 0, 'tokens': 0, 'val_loss': val_loss})
 
     # ---- CSV logs
     def cut_csv(self, name, last_iter):
@@ -163,16 +187,19 @@ class RunFolder:
         os.replace(tmp, path)
 
     def log(self, name, row):
-        """Append a row ({column: value}; missing columns stay empty) to one of the run's CSV logs."""
+        """Append a row ({column: number or None}; missing columns stay empty) to one of the run's CSV logs, and log
+        it to the wandb run if there is one."""
         path = os.path.join(self.dir, name)
         try:
             with open(path, 'a', newline='') as f:
-                csv.writer(f).writerow(['' if row.get(c) is None else row[c] for c in self.logs[name]])
+                csv.writer(f).writerow([number(row.get(c), CSV_FORMATS.get(c)) for c in self.logs[name]])
         except OSError as e:
             if checkpoint.disk_full(e):
                 fail(f"disk full: cannot append to {path}; {self.kept()}. Free some space. {self.how_to_continue()}",
                      code=1)
             raise
+        if self.wandb_run is not None:
+            self.wandb_run.log(wandb_row(name, row), step=row['iter'])
 
     def log_iteration(self, row, layer_cv=(), coefficients=None):
         """The console line and the CSV rows of one logged iteration (rank 0). row: {log.csv column: number or None};
@@ -183,11 +210,11 @@ class RunFolder:
         print(f"iter {row['iter']}: loss {row['train_loss']:.4f}, lr {row['lr']:.2e}, {row['ms_per_iter']:.1f} "
               f"ms/iter, {row['tokens_per_sec']:,.0f} tok/s" + (f", mfu {mfu * 100:.2f}%" if mfu is not None else "") +
               (f", val loss {val_loss:.4f}" if val_loss is not None else ""), flush=True)
-        self.log('log.csv', {name: number(value, CSV_FORMATS.get(name)) for name, value in row.items()})
+        self.log('log.csv', row)
         if 'moe.csv' in self.logs:
-            self.log('moe.csv', {'iter': row['iter'], **{f'layer{i}_cv': number(cv) for i, cv in enumerate(layer_cv)}})
+            self.log('moe.csv', {'iter': row['iter'], **{f'layer{i}_cv': cv for i, cv in enumerate(layer_cv)}})
         if 'coeffs.csv' in self.logs:
-            self.log('coeffs.csv', {'iter': row['iter'], **{k: number(v) for k, v in coefficients.items()}})
+            self.log('coeffs.csv', {'iter': row['iter'], **coefficients})
 
     # ---- checkpoints
     def save_checkpoint(self, state, best):
@@ -265,11 +292,12 @@ class RunFolder:
                   f"{' (the logs were cut back to it)' if self.last_saved is not None else ''}. "
                   f"{self.how_to_continue()}", file=sys.stderr)
 
-    def nothing_to_train(self, max_iters, outcome='finished', **progress):
+    def nothing_to_train(self, max_iters, unigram_floor, **progress):
         """A finished run resumed with the same max_iters (compare.py may do this after a kill between the last
         checkpoint and summary.json): make sure summary.json exists, change nothing else."""
         if self.master and not os.path.exists(os.path.join(self.dir, 'summary.json')):
-            self.write_summary(outcome=outcome, **progress)
+            self.write_summary(outcome=outcome_at_the_end(progress['final_val_loss'], unigram_floor),
+                               unigram_entropy=unigram_floor, **progress)
         if self.master:
             print(f"nothing to train: {self.ckpt_path} is at iter {progress['iter']} and max_iters is {max_iters}; "
                   f"pass a larger --max_iters to continue", flush=True)

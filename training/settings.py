@@ -6,7 +6,6 @@ for the dataset), so a wrong flag fails in a fraction of a second; model.GPTConf
 """
 import importlib.util
 import math
-import os
 import sys
 from collections import namedtuple
 
@@ -76,6 +75,15 @@ def check(c):
 
 
 Data = namedtuple('Data', 'dir meta train val')
+
+
+def unigram_floor(config, train_split):
+    """The unigram entropy (nats/token) of the training tokens when check_learned is on, else None: what a model
+    that knows only how often each token occurs reaches, so a run that ends at or above it learned nothing."""
+    if not config['check_learned']:
+        return None
+    from data.dataset import unigram_entropy
+    return unigram_entropy(train_split.data_dir, train_split.meta)[0]
 
 
 def open_dataset(dataset, block_size):
