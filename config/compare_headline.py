@@ -4,8 +4,8 @@
 #   python compare.py config/compare_shakespeare_char.py config/compare_headline.py
 #       40 tuning runs (tuning seeds 0 and 1000, the 3-seed tuning run's grid) + 40 comparison runs, ~3 h on a quiet 2-core CPU
 #   python compare.py config/compare_shakespeare_char.py config/compare_headline.py --tune_lr= \
-#       --variants=gelu:learning_rate=8e-3,swiglu:learning_rate=4e-3,polyrelu:learning_rate=2e-3,polynorm:learning_rate=4e-3
-#       each at the rate the 3-seed tuning run chose, no tuning: 40 runs, ~65 min; a variant's fixed rate keeps
+#       --variants=gelu:learning_rate=8e-3,swiglu:learning_rate=2e-3,polyrelu:learning_rate=2e-3,polynorm:learning_rate=4e-3
+#       each at the rate the two-seed tuning chose, no tuning: 40 runs, ~65 min; a variant's fixed rate keeps
 #       min_lr's ratio and lands in the same <name>-lr<rate>-s<seed> folders, so the two commands share their runs
 #   add --baseline=swiglu --replot for PolyNorm - SwiGLU (and PolyReLU - SwiGLU) with paired intervals
 out_dir = 'out-headline-10seed'
