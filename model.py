@@ -375,12 +375,13 @@ class MoE(nn.Module):
         offsets = tokens_per_expert.cumsum(0).to(torch.int32)                # (E,) end of each expert's slice
         compute_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
             else x.dtype
-        x_sorted = x_flat.to(compute_dtype)[order // k]                      # (N*k, C)
+        unsort = torch.empty_like(order).scatter_(0, order, torch.arange(N * k, device=x.device))   # order⁻¹
+        x_sorted = gather_rows(x_flat.to(compute_dtype), order // k, unsort)   # = x_flat[order // k], (N*k, C)
         y_sorted = self.experts(x_sorted, offsets)                           # (N*k, C)
 
         # combine: undo the sort, then weight each token's k expert outputs (a gather, deterministic, no atomics)
-        unsort = torch.empty_like(order).scatter_(0, order, torch.arange(N * k, device=x.device))
-        y = y_sorted[unsort].reshape(N, k, C).to(top_weight.dtype)          # weighted sum in fp32 (or fp64)
+        y = gather_rows(y_sorted, unsort, order)                             # = y_sorted[unsort], (N*k, C)
+        y = y.reshape(N, k, C).to(top_weight.dtype)                          # weighted sum in fp32 (or fp64)
         y = (y * top_weight.unsqueeze(-1)).sum(dim=1).to(x.dtype).reshape(B, T, C)
         if self.shared is not None:
             y = y + self.shared(x)
@@ -798,6 +799,8 @@ class KVCache:
 #   Powers and norms are computed in (at least) fp32, also under bf16 autocast.
 # - grouped_matmul: the MoE's experts as one grouped product per weight instead of a loop over experts, with a
 #   backward built from forward calls, registered as a custom op so that torch.compile(fullgraph=True) works.
+# - gather_rows: the MoE's dispatch and combine gather rows in backward too, where indexing's own backward would
+#   scatter with accumulation (index_put_), which is serial on CPU.
 
 
 def _compute_dtype(x):
@@ -822,14 +825,24 @@ def _row_blocks(x):
     return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
 
 
+def _block_buffers(x, blocks, count):
+    """count scratch buffers of one block's shape, reused by every block: a fresh 2 MB temporary per block and pass
+    comes from the allocator each time (glibc returns freed memory to the system, so its pages fault again)."""
+    rows = blocks[0].stop - blocks[0].start
+    return [x.new_empty(rows, x.shape[-1]) for _ in range(count)]
+
+
 def _polynomial(x, coefs, constant, out=None):
     """constant + Σ_{p=1..r} coefs[..., p-1] · x^p by Horner's rule, in one output buffer: r elementwise passes and
     no stored powers. x: (..., H); coefs: (..., r) one set per row, or (r,) shared; constant: broadcastable to x.
     out: the buffer to write (a fresh tensor when None); it must not be x."""
     r = coefs.shape[-1]
+    # c_r x by torch.mul, then add: addcmul(c_{r-1}, x, c_r) with both coefficients broadcast runs ~3x slower on CPU
+    # (200 vs 70 us for a 2 MB block); addcmul whose multiplicand is a full tensor (the steps after) is fast
+    out = torch.mul(x, coefs[..., r - 1:r], out=out)                      # c_r x
     if r == 1:
-        return torch.addcmul(constant, x, coefs[..., :1], out=out)
-    out = torch.addcmul(coefs[..., r - 2:r - 1], x, coefs[..., r - 1:r], out=out)   # c_{r-1} + x c_r
+        return out.add_(constant)
+    out.add_(coefs[..., r - 2:r - 1])                                     # c_{r-1} + c_r x
     for p in range(r - 2, 0, -1):
         torch.addcmul(coefs[..., p - 1:p], x, out, out=out)               # out = c_p + x * out
     return torch.addcmul(constant, x, out, out=out)
@@ -857,13 +870,15 @@ class PolyNormFunction(torch.autograd.Function):
         r, width = weight.numel(), xc.shape[-1]
         w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
         y, inv_rms = torch.empty_like(xc), xc.new_empty(xc.shape[0], r)   # (N, H), (N, r)
-        for rows in _row_blocks(xc):
+        blocks = _row_blocks(xc)
+        buffer, = _block_buffers(xc, blocks, 1)
+        for rows in blocks:
             xb = xc[rows]
             # s_p from mean((x^p)²) = ||x^p||² / H, one power buffer multiplied by x in place
             power, s = xb, []
             for p in range(1, r + 1):
                 if p == 2:
-                    power = xb * xb
+                    power = torch.mul(xb, xb, out=buffer[:xb.shape[0]])
                 elif p > 2:
                     power.mul_(xb)
                 s.append(torch.rsqrt(torch.linalg.vector_norm(power, dim=-1).square() / width + eps))
@@ -883,10 +898,13 @@ class PolyNormFunction(torch.autograd.Function):
         w = _increasing_order(weight).to(xc.dtype)
         p = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype)   # (r,) the powers 1..r
         grad_x, dots, g_sums = torch.empty_like(xc), xc.new_empty(xc.shape[0], r), xc.new_empty(xc.shape[0])
-        for rows in _row_blocks(xc):
+        blocks = _row_blocks(xc)
+        buffers = _block_buffers(xc, blocks, 2)
+        for rows in blocks:
             xb, gb, s, gx = xc[rows], g[rows], inv_rms[rows], grad_x[rows]
+            scratch, odd = (b[:xb.shape[0]] for b in buffers)
             # d_p = <g, x^p>: multiply one copy of g by x, one power at a time
-            scratch = gb * xb
+            torch.mul(gb, xb, out=scratch)
             d = [scratch.sum(-1)]
             for _ in range(r - 1):
                 d.append(scratch.mul_(xb).sum(-1))
@@ -901,7 +919,7 @@ class PolyNormFunction(torch.autograd.Function):
             gx.mul_(gb)
             # second term: Σ_p k_p x^{2p-1} = x · Σ_p k_p (x²)^{p-1}, with k_p = (p/H) w_p s_p³ d_p
             k = p / width * w * s.pow(3) * d                        # (n, r)
-            odd = _polynomial(torch.mul(xb, xb, out=scratch), k[:, 1:], k[:, :1]) if r > 1 else k[:, :1]
+            odd = _polynomial(torch.mul(xb, xb, out=scratch), k[:, 1:], k[:, :1], out=odd) if r > 1 else k[:, :1]
             gx.addcmul_(xb, odd, value=-1.0)
         grad_weight = _increasing_order((inv_rms * dots).sum(0)).to(weight.dtype)
         grad_bias = g_sums.sum().reshape(1).to(weight.dtype)
@@ -910,7 +928,8 @@ class PolyNormFunction(torch.autograd.Function):
 
 # Each base: x (and PReLU's negative slope a, which the others ignore) -> ρ(x), ρ'(x)
 def _relu_and_slope(x, a=None):
-    return torch.relu(x), (x > 0).to(x.dtype)
+    rho = torch.relu(x)
+    return rho, torch.sign(rho)   # 1 where x > 0, else 0; (x > 0).to(x.dtype) takes ~8x longer on CPU
 
 
 def _prelu_and_slope(x, a):
@@ -952,9 +971,14 @@ class PolyBaseFunction(torch.autograd.Function):
         w, b = _increasing_order(weight).to(xc.dtype), bias.to(xc.dtype)
         a = slope.to(xc.dtype) if slope is not None else None
         y = torch.empty_like(xc)
-        for rows in _row_blocks(xc):
+        blocks = _row_blocks(xc)
+        buffer, = _block_buffers(xc, blocks, 1)
+        for rows in blocks:
             xb = xc[rows]
-            rho = torch.relu(xb) if base == 'relu' else POINTWISE_BASES[base](xb, a)[0]   # relu: skip its slope
+            if base == 'relu':   # relu: no slope needed
+                rho = torch.clamp_min(xb, 0.0, out=buffer[:xb.shape[0]])
+            else:
+                rho = POINTWISE_BASES[base](xb, a)[0]
             _polynomial(rho, w, b, out=y[rows])
         return y.view(x.shape).to(x.dtype)
 
@@ -970,11 +994,13 @@ class PolyBaseFunction(torch.autograd.Function):
         a = slope_a.to(xc.dtype) if slope_a is not None else None
         slope = torch.arange(1, r + 1, device=x.device, dtype=xc.dtype) * w      # (r,): p w_p
         grad_x, sums, a_sums = torch.empty_like(xc), [], []
-        for rows in _row_blocks(xc):
+        blocks = _row_blocks(xc)
+        buffer, = _block_buffers(xc, blocks, 1)
+        for rows in blocks:
             xb, gb, gx = xc[rows], g[rows], grad_x[rows]
             rho, rho_slope = POINTWISE_BASES[ctx.base](xb, a)
             # Σ g ρ^p for p = 0..r (p = 0: the bias): one copy of g multiplied by ρ one power at a time
-            scratch = gb * rho
+            scratch = torch.mul(gb, rho, out=buffer[:xb.shape[0]])
             block_sums = [gb.sum(), scratch.sum()]
             for _ in range(r - 1):
                 block_sums.append(scratch.mul_(rho).sum())
@@ -992,6 +1018,32 @@ class PolyBaseFunction(torch.autograd.Function):
         grad_bias = sums[:1].to(weight.dtype)
         grad_a = torch.stack(a_sums).sum().reshape(1).to(slope_a.dtype) if a is not None else None
         return grad_x.view(x.shape).to(x.dtype), grad_weight, grad_bias, None, grad_a
+
+
+class GatherRows(torch.autograd.Function):
+    """out = x[index] for the MoE's dispatch and combine, whose index is a permutation of the N*k (token, expert)
+    pairs, or that permutation // k (each token's row taken k times). back: the inverse permutation, so the gradient
+    is a gather as well: grad_x[i] = Σ_j grad_out[back[i*k + j]], k = len(index) / len(x). Indexing's own backward
+    scatters with accumulation (index_put_), a serial loop on CPU: 40 ms of an eager MoE step at the bench config."""
+
+    @staticmethod
+    def forward(ctx, x, index, back):
+        ctx.save_for_backward(back)
+        ctx.k = index.shape[0] // x.shape[0]
+        return x[index]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        back, = ctx.saved_tensors
+        grad = grad_out[back]                                          # (N*k, C), pair order
+        if ctx.k > 1:
+            grad = grad.view(-1, ctx.k, grad.shape[-1]).sum(dim=1)     # (N, C): each token's k pairs
+        return grad, None, None
+
+
+def gather_rows(x, index, back):
+    """x[index] (rows), with the gradient gathered through back (see GatherRows)."""
+    return GatherRows.apply(x, index, back)
 
 
 def _torch_grouped_mm():

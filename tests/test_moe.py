@@ -455,3 +455,34 @@ def test_where_no_grouped_mm_runs_the_per_expert_loop_gives_the_same_numbers(how
     for a, b in zip(normal, fallback):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert fallback[2][1].abs().sum() == 0                         # the empty expert's gradient
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_gather_rows_gradient_is_indexings_own_gathered_back_through_the_inverse_permutation(k):
+    # the MoE's dispatch (index = order // k) and combine (index = a permutation): the same values as x[index] and,
+    # in float64, the same gradient as indexing's own backward (a scatter with accumulation)
+    torch.manual_seed(k)
+    N, C = 7, 5
+    order = torch.randint(0, 4, (N * k,)).argsort(stable=True)        # pairs sorted by a random expert id
+    back = torch.empty_like(order).scatter_(0, order, torch.arange(N * k))
+    index = order // k
+    x = torch.randn(N, C, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(N * k, C, dtype=torch.float64)
+    (plain_grad,) = torch.autograd.grad(x[index], x, g)
+    out = model.gather_rows(x, index, back)
+    (fast_grad,) = torch.autograd.grad(out, x, g)
+    assert torch.equal(out, x[index])
+    torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: model.gather_rows(t, index, back), (x,))
+    y = torch.randn(N * k, C, dtype=torch.float64, requires_grad=True)   # combine: a permutation, its inverse back
+    assert torch.autograd.gradcheck(lambda t: model.gather_rows(t, back, order), (y,))
+
+
+def test_the_moe_routes_the_same_tokens_to_the_same_experts_as_the_per_token_loop():
+    torch.manual_seed(3)
+    moe = MoE(moe_config(n_expert=8, top_k=2)).double()
+    x = torch.randn(2, 16, 48, dtype=torch.float64)
+    top_expert = moe.route(x.reshape(-1, 48))[0]
+    for token, chosen in zip(x.reshape(-1, 48), top_expert):
+        probs = F.softmax(token @ moe.router.weight.t(), dim=-1)
+        assert chosen.tolist() == probs.topk(2).indices.tolist()
