@@ -827,7 +827,8 @@ def _row_blocks(x):
 
 def _block_buffers(x, blocks, count):
     """count scratch buffers of one block's shape, reused by every block: a fresh 2 MB temporary per block and pass
-    comes from the allocator each time (glibc returns freed memory to the system, so its pages fault again)."""
+    comes from the allocator each time, and its pages may fault again (PolyNorm forward + backward of a (4096, 1056)
+    fp32 tensor, 2 threads: 13.5 -> 11.9 ms)."""
     rows = blocks[0].stop - blocks[0].start
     return [x.new_empty(rows, x.shape[-1]) for _ in range(count)]
 
@@ -1024,7 +1025,8 @@ class GatherRows(torch.autograd.Function):
     """out = x[index] for the MoE's dispatch and combine, whose index is a permutation of the N*k (token, expert)
     pairs, or that permutation // k (each token's row taken k times). back: the inverse permutation, so the gradient
     is a gather as well: grad_x[i] = Σ_j grad_out[back[i*k + j]], k = len(index) / len(x). Indexing's own backward
-    scatters with accumulation (index_put_), a serial loop on CPU: 40 ms of an eager MoE step at the bench config."""
+    scatters with accumulation (index_put_): at the bench config the eager MoE step's indexing took 33 ms (profiler,
+    forward gathers and index_put_ together), gathering both ways 16 ms."""
 
     @staticmethod
     def forward(ctx, x, index, back):

@@ -93,7 +93,11 @@ def test_the_scaling_table_quotes_its_csv():
 # ----------------------------------------------------------------------------- the 10-seed headline
 HEADLINE = '## Each activation at its own learning rate, 10 seeds'   # its full section in docs/results.md
 FRONT_HEADLINE = '## The headline, 10 seeds'                         # its copy on the front page
-HEADLINE_COPIES = [('README.md', FRONT_HEADLINE), ('docs/results.md', HEADLINE)]
+FIRST_HEADLINE = '### The first 10-seed run: SwiGLU at 4e-3'                 # the same with SwiGLU at 4e-3
+# (document, heading, per-seed losses, the two reports: GELU baseline, SwiGLU baseline)
+HEADLINE_TABLES = [('README.md', FRONT_HEADLINE, 'runs_headline.csv', 'summary_headline'),
+                   ('docs/results.md', HEADLINE, 'runs_headline.csv', 'summary_headline'),
+                   ('docs/results.md', FIRST_HEADLINE, 'runs_headline_first.csv', 'summary_headline_first')]
 NAMES = {'GELU': 'gelu', 'SwiGLU': 'swiglu', 'PolyReLU': 'polyrelu', 'PolyNorm': 'polynorm'}
 
 
@@ -121,9 +125,9 @@ def document(name):
     return {'README.md': README, 'docs/results.md': RESULTS}[name]
 
 
-def headline_losses():
-    """{variant: {seed: final val loss}} of the 10-seed headline's 40 runs."""
-    return per_seed_losses('runs_headline.csv')[0]
+def headline_losses(csv_name='runs_headline.csv'):
+    """{variant: {seed: final val loss}} of the 10-seed headline's 40 runs (or of the first 10-seed run's)."""
+    return per_seed_losses(csv_name)[0]
 
 
 def paired_interval(a, b):
@@ -141,12 +145,12 @@ def verdict(low, high):
     return 'better' if high < 0 else 'worse' if low > 0 else 'not resolved'
 
 
-@pytest.mark.parametrize('name, heading', HEADLINE_COPIES)
-def test_the_headline_table_is_recomputed_from_the_per_seed_losses(name, heading):
-    """Every number of the 10-seed table (the front page's copy and the results page's), from the 40 per-seed
-    losses: mean ± sample std, and each paired interval against GELU and against SwiGLU (Student t, 9 degrees of
-    freedom), to the printed 4 decimals."""
-    losses = headline_losses()
+@pytest.mark.parametrize('name, heading, csv_name, _', HEADLINE_TABLES)
+def test_the_headline_table_is_recomputed_from_the_per_seed_losses(name, heading, csv_name, _):
+    """Every number of the 10-seed table (the front page's copy and the results page's, and the first 10-seed run's),
+    from the 40 per-seed losses: mean ± sample std, and each paired interval against GELU and against SwiGLU
+    (Student t, 9 degrees of freedom), to the printed 4 decimals."""
+    losses = headline_losses(csv_name)
     assert sorted(losses) == sorted(NAMES.values()) and all(sorted(v) == list(range(1, 11)) for v in losses.values())
     rows = table_after(heading, document(name))
     assert [row[0] for row in rows] == list(NAMES)
@@ -164,12 +168,12 @@ def test_the_headline_table_is_recomputed_from_the_per_seed_losses(name, heading
             assert said == verdict(*expected[1:]), (name, base)
 
 
-@pytest.mark.parametrize('name, heading', HEADLINE_COPIES)
-@pytest.mark.parametrize('report, baseline', [('summary_headline.md', 'gelu'),
-                                              ('summary_headline_vs_swiglu.md', 'swiglu')])
-def test_the_headline_reports_say_what_the_readme_says(report, baseline, name, heading):
-    """The two recorded reports (compare.py --replot with each baseline) print the numbers of both copies."""
-    summary = {row[0]: row for row in table_after('| activation | lr |', (REPO / 'assets' / report).read_text('utf-8'))}
+@pytest.mark.parametrize('name, heading, _, reports', HEADLINE_TABLES)
+@pytest.mark.parametrize('suffix, baseline', [('.md', 'gelu'), ('_vs_swiglu.md', 'swiglu')])
+def test_the_headline_reports_say_what_the_readme_says(suffix, baseline, name, heading, _, reports):
+    """The two recorded reports (compare.py --replot with each baseline) print the numbers of its tables."""
+    report = (REPO / 'assets' / (reports + suffix)).read_text('utf-8')
+    summary = {row[0]: row for row in table_after('| activation | lr |', report)}
     column = 3 if baseline == 'gelu' else 5
     for row in table_after(heading, document(name)):
         cells = summary[NAMES[row[0]]]
@@ -235,7 +239,7 @@ def test_r3_of_the_order_runs_reproduces_the_headline_s_polynorm_to_the_last_dig
     """The results page says r = 3 at 4e-3 is the headline's PolyNorm (same recipe, rate and seeds): the same losses."""
     order, rates = per_seed_losses('runs_order.csv')
     assert rates['polynorm-r3'] == 4e-3
-    assert order['polynorm-r3'] == {s: headline_losses()['polynorm'][s] for s in (1, 2, 3)}
+    assert order['polynorm-r3'] == {s: headline_losses('runs_headline_first.csv')['polynorm'][s] for s in (1, 2, 3)}
 
 
 COMPOSITIONS = '## The compositions'
@@ -248,10 +252,10 @@ def test_the_compositions_table_is_recomputed_from_the_per_seed_losses_and_its_b
 
 
 def test_the_shared_runs_of_the_compositions_are_the_headline_s_own():
-    """SwiGLU, PolyReLU and PolyNorm train at the headline's rates on its recipe and seeds 1-3: the same losses,
-    so the compositions table and the headline's agree on the runs they share."""
+    """SwiGLU, PolyReLU and PolyNorm train at the first 10-seed run's rates on its recipe and seeds 1-3: the same
+    losses, so the compositions table and that run's agree on the runs they share."""
     compositions, rates = per_seed_losses('runs_compositions.csv')
-    headline = headline_losses()
+    headline = headline_losses('runs_headline_first.csv')
     for name, rate in (('swiglu', 4e-3), ('polyrelu', 2e-3), ('polynorm', 4e-3)):
         assert rates[name] == rate, name
         assert compositions[name] == {s: headline[name][s] for s in (1, 2, 3)}, name
@@ -365,18 +369,18 @@ def test_the_front_page_quotes_only_numbers_the_results_page_states():
     assert not missing, f'README quotes {missing}, which docs/results.md does not state'
 
 
-@pytest.mark.parametrize('name', ['README.md', 'docs/results.md'])
-def test_the_headline_s_polynorm_swiglu_caveat_is_recomputed(name):
-    """"PolyNorm lower on 8 of the 10 seeds" and "about 18 seeds for 80% power": counted and computed (lab.stats,
+@pytest.mark.parametrize('name, heading, csv_name, _', HEADLINE_TABLES)
+def test_the_headline_s_polynorm_swiglu_caveat_is_recomputed(name, heading, csv_name, _):
+    """"PolyNorm lower on 8 of the 10 seeds" and "about 10 seeds for 80% power": counted and computed (lab.stats,
     as compare.py does) from the per-seed losses."""
     from lab import stats
-    losses = headline_losses()
+    losses = headline_losses(csv_name)
     d = [losses['polynorm'][s] - losses['swiglu'][s] for s in sorted(losses['polynorm'])]
     lower = sum(x < 0 for x in d)
     mean = sum(d) / len(d)
     needed = stats.seeds_needed(mean, float(scipy_stats.tstd(d)))
-    heading = dict(HEADLINE_COPIES)[name]
-    end = '## Adding an activation' if name == 'README.md' else '### Where the rates come from'
+    end = {FRONT_HEADLINE: '## Adding an activation', HEADLINE: '### Where the rates come from',
+           FIRST_HEADLINE: '## The order r of PolyNorm'}[heading]
     text = section_text(heading, end, document(name))
     assert f'lower on {lower} of the 10 seeds' in text or f'lower one on {lower} of the 10 seeds' in text
     assert f'needs about {needed} seeds for 80% power' in text
@@ -422,11 +426,12 @@ def test_the_retuning_table_is_recomputed_from_the_tuning_runs():
 
 
 def test_swiglu_at_its_re_tuned_rate_is_recomputed_from_the_per_seed_losses():
-    """The pairs of SwiGLU's 10 seeds at 2e-3 (assets/headline_retune/runs_swiglu_2e-3.csv) with the headline's runs."""
-    headline = headline_losses()
+    """The pairs of SwiGLU's 10 seeds at 2e-3 (assets/headline_retune/runs_swiglu_2e-3.csv) with the first 10-seed
+    run's; they are the headline's own SwiGLU runs."""
+    headline = headline_losses('runs_headline_first.csv')
     with open(REPO / 'assets' / 'headline_retune' / 'runs_swiglu_2e-3.csv', newline='') as f:
         swiglu2 = {int(r['seed']): float(r['final_val_loss']) for r in csv.DictReader(f) if r['outcome'] == 'finished'}
-    assert sorted(swiglu2) == list(range(1, 11))
+    assert sorted(swiglu2) == list(range(1, 11)) and swiglu2 == headline_losses()['swiglu']
     pairs = {'SwiGLU at 2e-3 − SwiGLU at 4e-3': (swiglu2, headline['swiglu']),
              'SwiGLU at 2e-3 − GELU': (swiglu2, headline['gelu']),
              'PolyReLU − SwiGLU at 2e-3': (headline['polyrelu'], swiglu2),
@@ -441,3 +446,38 @@ def test_swiglu_at_its_re_tuned_rate_is_recomputed_from_the_per_seed_losses():
     m = sum(values) / 10
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / 9)
     assert f'SwiGLU at 2e-3: {m:.4f} ± {sd:.4f} (10 seeds' in RESULTS
+
+
+# ----------------------------------------------------------------------------- the headline's downstream accuracy
+def test_the_headline_accuracy_table_is_recomputed_from_the_per_run_scores():
+    """Each activation's continuation accuracy (mean ± sample std over the 10 seeds) and its paired intervals against
+    GELU and SwiGLU, from the accuracy column of the headline's runs.csv (compare.py --eval)."""
+    accuracy = {}
+    for row in csv.DictReader(open(REPO / 'assets' / 'runs_headline.csv', encoding='utf-8')):
+        accuracy.setdefault(row['variant'], {})[int(row['seed'])] = float(row['eval_accuracy'])
+    rows = table_after('| activation | continuation accuracy', RESULTS)
+    assert [row[0] for row in rows] == list(NAMES)
+    for name, acc, *pairs in rows:
+        values = list(accuracy[NAMES[name]].values())
+        assert len(values) == 10 and all(0.25 < v < 1 for v in values), name      # every run scored, above chance
+        mean, std = (number(x) for x in re.findall(NUMBER, acc))
+        assert mean == round(sum(values) / 10, 4) and std == round(float(scipy_stats.tstd(values)), 4), name
+        for (delta, said), base in zip(zip(pairs[::2], pairs[1::2]), ('gelu', 'swiglu')):
+            if NAMES[name] == base:
+                assert delta == 'baseline', name
+                continue
+            expected = paired_interval(accuracy[NAMES[name]], accuracy[base])
+            printed = tuple(number(x) for x in re.findall(NUMBER, delta))
+            assert all(abs(p - e) <= 5e-5 for p, e in zip(printed, expected)) and len(printed) == 3, (name, base)
+            higher = 'better' if expected[1] > 0 else 'worse' if expected[2] < 0 else 'not resolved'
+            assert said == higher, (name, base)
+
+
+def test_the_rerun_s_agreement_with_the_first_run_is_recomputed():
+    """"rerun − first run, paired by seed": GELU, PolyReLU and PolyNorm ran the same command and seeds twice."""
+    first, rerun = headline_losses('runs_headline_first.csv'), headline_losses()
+    text = section_text(HEADLINE, '### Where the rates come from')
+    for name in ('GELU', 'PolyReLU', 'PolyNorm'):
+        mean, low, high = paired_interval(rerun[NAMES[name]], first[NAMES[name]])
+        quoted = f"{name} {mean:+.4f} [{low:+.4f}, {high:+.4f}]".replace('-', '−')
+        assert quoted in text, quoted
