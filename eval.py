@@ -9,12 +9,11 @@ iteration, the items' settings and which items were answered right) and prints o
 before torch is imported; a wrong one is one error line (exit status 2) and nothing is written.
 """
 import os
-from contextlib import nullcontext
 
-from configurator import configure, device_name_problem, device_problem
+from configurator import configure, device_name_problem
 from lab import downstream
 from training import checkpoint
-from training.processes import fail
+from training.processes import choose_device, fail
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'             # the folder holding ckpt.pt
@@ -59,36 +58,17 @@ def setting_problem():
         return f"dtype must be one of auto, float32, bfloat16, float16, got {dtype!r}"
     if device_name_problem(device):
         return device_name_problem(device)
-    if not os.path.isdir(out_dir):
-        what = "is a file, not a folder" if os.path.exists(out_dir) else "does not exist"
-        return f"out_dir {out_dir} {what}; pass the --out_dir of a train.py run (the folder holding ckpt.pt)"
-    if not os.path.exists(ckpt_path):
-        return f"no checkpoint at {ckpt_path}; train one first (python train.py --out_dir={out_dir} ...)"
-    try:
-        checkpoint.check_file(ckpt_path)
-    except checkpoint.CheckpointError as e:
-        return str(e)
-    return None
+    return checkpoint.out_dir_problem(out_dir)
 
 
 if setting_problem():
     fail(setting_problem())
 
-# torch comes only now (1-2 s): everything above fails fast
-import torch  # noqa: E402
-
+# torch comes only now (1-2 s, with choose_device and the data helpers): everything above fails fast
 from data.dataset import dataset_dir, load_meta  # noqa: E402
 from training.settings import vocabulary  # noqa: E402
 
-if device_problem(device):
-    fail(device_problem(device))
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-device_type = 'cuda' if device.startswith('cuda') else device
-if dtype == 'auto':
-    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+device, _, dtype, autocast = choose_device(device, dtype, local_rank=None)   # 'auto' resolved
 
 try:
     model, ckpt = downstream.load_model(ckpt_path, device)

@@ -18,10 +18,10 @@ for 255 tokens on the README's char model with block_size 256, ~1.4x for the def
 import math
 import os
 import sys
-from contextlib import nullcontext
 
-from configurator import configure, device_name_problem, device_problem
+from configurator import configure, device_name_problem
 from training import checkpoint
+from training.processes import choose_device
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'             # the folder holding ckpt.pt
@@ -63,16 +63,7 @@ def setting_problem():
         return f"dtype must be one of auto, float32, bfloat16, float16, got {dtype!r}"
     if device_name_problem(device):
         return device_name_problem(device)
-    if not os.path.isdir(out_dir):
-        what = "is a file, not a folder" if os.path.exists(out_dir) else "does not exist"
-        return f"out_dir {out_dir} {what}; pass the --out_dir of a train.py run (the folder holding ckpt.pt)"
-    if not os.path.exists(ckpt_path):
-        return f"no checkpoint at {ckpt_path}; train one first (python train.py --out_dir={out_dir} ...)"
-    try:
-        checkpoint.check_file(ckpt_path)
-    except checkpoint.CheckpointError as e:
-        return str(e)
-    return None
+    return checkpoint.out_dir_problem(out_dir)
 
 
 def read_prompt(text):
@@ -101,15 +92,7 @@ import torch  # noqa: E402
 from data.dataset import dataset_dir, get_tokenizer, load_meta  # noqa: E402
 from model import GPT, GPTConfig, upgrade_model_args  # noqa: E402
 
-if device_problem(device):
-    fail(device_problem(device))
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-device_type = 'cuda' if device.startswith('cuda') else device
-if dtype == 'auto':
-    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+device, _, dtype, ctx = choose_device(device, dtype, local_rank=None)   # 'auto' resolved
 torch.manual_seed(seed)
 
 try:

@@ -153,19 +153,26 @@ def test_the_headline_table_is_recomputed_from_the_per_seed_losses(name, heading
     losses = headline_losses(csv_name)
     assert sorted(losses) == sorted(NAMES.values()) and all(sorted(v) == list(range(1, 11)) for v in losses.values())
     rows = table_after(heading, document(name))
+    check_means_and_pairs([[row[0], *row[2:]] for row in rows], losses, verdict)
+
+
+def check_means_and_pairs(rows, per_seed, judge):
+    """Rows `activation | mean ± std | Δ vs GELU [CI] | verdict | Δ vs SwiGLU [CI] | verdict`, recomputed from
+    {variant: {seed: value}}: the mean ± sample std, each paired Student-t interval to 4 decimals, its verdict."""
     assert [row[0] for row in rows] == list(NAMES)
-    for name, _, loss, *pairs in rows:
-        values = list(losses[NAMES[name]].values())
-        mean, std = (number(x) for x in re.findall(NUMBER, loss))
-        assert mean == round(sum(values) / 10, 4) and std == round(float(scipy_stats.tstd(values)), 4), name
+    for name, cell, *pairs in rows:
+        values = list(per_seed[NAMES[name]].values())
+        mean, std = (number(x) for x in re.findall(NUMBER, cell))
+        assert mean == round(sum(values) / len(values), 4), name
+        assert std == round(float(scipy_stats.tstd(values)), 4), name
         for (delta, said), base in zip(zip(pairs[::2], pairs[1::2]), ('gelu', 'swiglu')):
             if NAMES[name] == base:
                 assert delta == 'baseline', name
                 continue
-            expected = paired_interval(losses[NAMES[name]], losses[base])
+            expected = paired_interval(per_seed[NAMES[name]], per_seed[base])
             printed = tuple(number(x) for x in re.findall(NUMBER, delta))
             assert all(abs(p - e) <= 5e-5 for p, e in zip(printed, expected)) and len(printed) == 3, (name, base)
-            assert said == verdict(*expected[1:]), (name, base)
+            assert said == judge(*expected[1:]), (name, base)
 
 
 @pytest.mark.parametrize('name, heading, _, reports', HEADLINE_TABLES)
@@ -455,22 +462,9 @@ def test_the_headline_accuracy_table_is_recomputed_from_the_per_run_scores():
     accuracy = {}
     for row in csv.DictReader(open(REPO / 'assets' / 'runs_headline.csv', encoding='utf-8')):
         accuracy.setdefault(row['variant'], {})[int(row['seed'])] = float(row['eval_accuracy'])
+    assert all(len(a) == 10 and all(0.25 < v < 1 for v in a.values()) for a in accuracy.values())   # above chance
     rows = table_after('| activation | continuation accuracy', RESULTS)
-    assert [row[0] for row in rows] == list(NAMES)
-    for name, acc, *pairs in rows:
-        values = list(accuracy[NAMES[name]].values())
-        assert len(values) == 10 and all(0.25 < v < 1 for v in values), name      # every run scored, above chance
-        mean, std = (number(x) for x in re.findall(NUMBER, acc))
-        assert mean == round(sum(values) / 10, 4) and std == round(float(scipy_stats.tstd(values)), 4), name
-        for (delta, said), base in zip(zip(pairs[::2], pairs[1::2]), ('gelu', 'swiglu')):
-            if NAMES[name] == base:
-                assert delta == 'baseline', name
-                continue
-            expected = paired_interval(accuracy[NAMES[name]], accuracy[base])
-            printed = tuple(number(x) for x in re.findall(NUMBER, delta))
-            assert all(abs(p - e) <= 5e-5 for p, e in zip(printed, expected)) and len(printed) == 3, (name, base)
-            higher = 'better' if expected[1] > 0 else 'worse' if expected[2] < 0 else 'not resolved'
-            assert said == higher, (name, base)
+    check_means_and_pairs(rows, accuracy, lambda low, high: verdict(-high, -low))      # higher accuracy is better
 
 
 def test_the_rerun_s_agreement_with_the_first_run_is_recomputed():

@@ -137,6 +137,22 @@ def check_file(path):
                           f"cannot be loaded; {_damaged_advice(path)}")
 
 
+def out_dir_problem(out_dir):
+    """What stops sample.py or eval.py from reading out_dir/ckpt.pt, as one line (None: nothing): a missing or
+    wrong folder, no checkpoint in it, or a damaged one (check_file)."""
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.isdir(out_dir):
+        what = "is a file, not a folder" if os.path.exists(out_dir) else "does not exist"
+        return f"out_dir {out_dir} {what}; pass the --out_dir of a train.py run (the folder holding ckpt.pt)"
+    if not os.path.exists(ckpt_path):
+        return f"no checkpoint at {ckpt_path}; train one first (python train.py --out_dir={out_dir} ...)"
+    try:
+        check_file(ckpt_path)
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
 def load(path, map_location='cpu', required=('model',)):
     """
     Load a checkpoint written by train.py. weights_only=True: only tensors and plain Python values are unpickled
