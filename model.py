@@ -822,7 +822,8 @@ def _row_blocks(x):
     if x.device.type != 'cpu' or torch.compiler.is_compiling():
         return [slice(0, n)]
     rows = max(1, ROW_BLOCK_BYTES // (x.shape[1] * x.element_size()))
-    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+    # no rows (an MoE expert that got no token): one empty block, so every pass and sum still runs, on nothing
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)] or [slice(0, 0)]
 
 
 def _block_buffers(x, blocks, count):

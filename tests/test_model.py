@@ -551,6 +551,19 @@ def test_row_blocked_cpu_path_equals_reference(order, monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ['polyrelu', 'polynorm', 'polyprelu', 'polyrelunorm'])
+def test_polycom_of_no_rows_is_empty_with_zero_coefficient_gradients(name):
+    """An MoE expert that gets no token calls its activation on a (0, H) tensor (per_expert_poly): with and without
+    autograd, the result is empty and the coefficients' gradients are zero."""
+    from model import build_activation
+    act = build_activation(name, 3).double()
+    x = torch.zeros(0, 8, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        assert act(x).shape == (0, 8)
+    act(x).sum().backward()
+    assert x.grad.shape == (0, 8) and torch.equal(act.weight.grad, torch.zeros(3, dtype=torch.float64))
+
+
 # ---- the paper's other compositions (PolyPReLU, PolyReLUNorm) and gated PolyNorm: fast path against the formula
 
 def act_with(cls, order, weight, bias, slope=None):
