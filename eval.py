@@ -71,7 +71,7 @@ from training.settings import vocabulary  # noqa: E402
 device, _, dtype, autocast = choose_device(device, dtype, local_rank=None)   # 'auto' resolved
 
 try:
-    model, ckpt = downstream.load_model(ckpt_path, device)
+    model, ckpt = checkpoint.load_model(ckpt_path, device)
 except (FileNotFoundError, checkpoint.CheckpointError) as e:
     fail(str(e))
 

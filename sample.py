@@ -90,23 +90,14 @@ if not start:
 import torch  # noqa: E402
 
 from data.dataset import dataset_dir, get_tokenizer, load_meta  # noqa: E402
-from model import GPT, GPTConfig, upgrade_model_args  # noqa: E402
 
 device, _, dtype, ctx = choose_device(device, dtype, local_rank=None)   # 'auto' resolved
 torch.manual_seed(seed)
 
 try:
-    ckpt = checkpoint.load(ckpt_path, map_location='cpu', required=('model', 'model_args'))
+    model, ckpt = checkpoint.load_model(ckpt_path, device)
 except (FileNotFoundError, checkpoint.CheckpointError) as e:
     fail(str(e))
-try:
-    model = GPT(GPTConfig(**upgrade_model_args(ckpt['model_args'])), verbose=False)
-    model.load_state_dict(ckpt['model'])
-except (TypeError, ValueError, RuntimeError) as e:   # settings or weights of another version of model.py
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    fail(f"the checkpoint {ckpt_path} does not fit this model.py ({first}); it was written by another version of "
-         f"the code")
-model.eval().to(device)
 if compile:
     model = torch.compile(model)
 

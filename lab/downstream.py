@@ -334,22 +334,6 @@ def write_result(result, path):
 
 
 # ----------------------------------------------------------------------------- a run folder's checkpoint
-def load_model(ckpt_path, device='cpu'):
-    """(model in eval mode on device, checkpoint dict) from a train.py checkpoint. CheckpointError (one line) for a
-    damaged checkpoint or one written by another version of model.py."""
-    from training import checkpoint
-    from model import GPT, GPTConfig, upgrade_model_args
-    ckpt = checkpoint.load(str(ckpt_path), map_location='cpu', required=('model', 'model_args'))
-    try:
-        model = GPT(GPTConfig(**upgrade_model_args(ckpt['model_args'])), verbose=False)
-        model.load_state_dict(ckpt['model'])
-    except (TypeError, ValueError, RuntimeError) as e:   # settings or weights of another version of model.py
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise checkpoint.CheckpointError(f"the checkpoint {ckpt_path} does not fit this model.py ({first}); it was "
-                                         f"written by another version of the code") from None
-    return model.to(device).eval(), ckpt
-
-
 def result_of(model, ckpt, ckpt_path, task, items, item_settings, device='cpu', batch_size=32, autocast=None):
     """Score a loaded checkpoint: the result dict that eval.py and compare.py write as eval_<task>.json."""
     return {'task': task, **score(model, items, device, batch_size, autocast), 'iter_num': ckpt.get('iter_num'),
@@ -413,7 +397,7 @@ def ensure_evals(runs, spec, data_dir, batch_size=32):
             continue
         print(f"scoring {run['dir']} on {len(items):,} {spec.task} items", flush=True)
         try:
-            model, state = load_model(ckpt, device)
+            model, state = checkpoint.load_model(ckpt, device)
             check_fits(items, model.config.block_size)
         except (checkpoint.CheckpointError, ValueError) as e:
             print(f"WARNING: {e}; its {spec.task} accuracy is left out")

@@ -1,5 +1,5 @@
 """
-Checkpoint helpers for train.py and sample.py: atomic save, safe load, clean state dicts, RNG state, and the lock that
+Checkpoint helpers for train.py, sample.py and eval.py: atomic save, safe load, clean state dicts, RNG state, and the lock that
 keeps two processes out of one out_dir.
 
 They live outside train.py so tests can exercise them in-process (nothing imports train.py). torch and numpy are
@@ -175,6 +175,22 @@ def load(path, map_location='cpu', required=('model',)):
         raise CheckpointError(f"{path} is not a nanoPoly checkpoint (it lacks {', '.join(missing)}); "
                               f"{_damaged_advice(path)}")
     return ckpt
+
+
+def load_model(path, device='cpu'):
+    """(model in eval mode on device, checkpoint dict) from a train.py checkpoint, for sample.py and eval.py.
+    FileNotFoundError, or CheckpointError (one line) for a damaged checkpoint or one written by another version of
+    model.py."""
+    from model import GPT, GPTConfig, upgrade_model_args
+    ckpt = load(str(path), map_location='cpu', required=('model', 'model_args'))
+    try:
+        model = GPT(GPTConfig(**upgrade_model_args(ckpt['model_args'])), verbose=False)
+        model.load_state_dict(ckpt['model'])
+    except (TypeError, ValueError, RuntimeError) as e:   # settings or weights of another version of model.py
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"the checkpoint {path} does not fit this model.py ({first}); it was written by "
+                              f"another version of the code") from None
+    return model.to(device).eval(), ckpt
 
 
 def _damaged_advice(path):
