@@ -30,7 +30,9 @@ in every round, one after the other, and the speed-up is the median of the per-r
 For every variant (activation x eager/compiled, plus MoE) it builds a model and its AdamW optimizer, warms it up, then
 times training steps (forward + backward + AdamW step + zero_grad) ROUND-ROBIN: repeat r times variant 1, 2, ..., n
 before repeat r+1 starts, with the starting variant rotated each repeat. A burst of load from another process then
-slows all variants of one repeat alike, and the ratio of two variants measured in the same repeat cancels it. We report
+slows all variants of one repeat alike, and the ratio of two variants measured in the same repeat cancels it. Each
+variant lives in a process of its own, as a model does in train.py (--isolate; VariantProcess in lab/bench_variants.py
+says why), and the modes are timed one after the other, each with only its own variants alive. We report
 the median step time over repeats, the median of the per-repeat ratios to GELU (same mode) and, for the targets, the
 quartiles of those ratios: a limit that lies between the quartiles is marked borderline.
 
@@ -45,16 +47,16 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
 from configurator import ConfigError, parse_config
-from lab.analysis import mean_step_seconds, train_step
+from lab.bench_variants import Generation, Variant, VariantProcess, generation_config
 from lab.bench_report import (QUIET_OTHER_LOAD, RECORD_HEADER, SCRATCH_HEADER, device_kind, machine_info,
                               print_results, write_markdown)
-from model import GPT, MAX_POLY_ORDER, GPTConfig, build_activation
+from model import MAX_POLY_ORDER, build_activation
 from training.peak_flops import cpu_seconds, gpu_peak_flops, measure_cpu_matmul_flops
+from training.processes import keep_freed_memory_in_heap
 
 # -----------------------------------------------------------------------------
 # default config values: the CPU config the targets are set for (a small character-level model, random token ids:
@@ -90,6 +92,7 @@ repeats = 15                # timed rounds over all variants; medians and quarti
 steps_per_repeat = 1        # training steps timed per variant per round (their mean is one sample)
 warmup_steps = 2            # untimed steps per variant first (compile, allocator, thread pool)
 matmul_peak = True          # CPU: measure the float32 matmul peak in every round (for MFU)
+isolate = True              # every variant in a process of its own, as train.py runs one model (see VariantProcess)
 # system
 device = 'cpu'              # 'cpu', 'cuda', 'cuda:N'
 dtype = 'float32'           # 'float32' or 'bfloat16' (autocast, fp32 master weights)
@@ -185,116 +188,6 @@ def orders_of(cfg, activation):
 
 
 # -----------------------------------------------------------------------------
-# One variant = one model + optimizer + batch, stepped by step()
-
-
-class Variant:
-    def __init__(self, cfg, activation, mode, moe, order=None):
-        """order: the PolyCom order r of this variant, named in its row (None: cfg's poly_order, unnamed)."""
-        self.activation, self.mode, self.moe, self.order = activation, mode, moe, order
-        self.key = (activation, order, mode, moe)
-        self.name = f"{'moe-' if moe else ''}{activation}{f'-r{order}' if order else ''} {mode}"
-        self.device = cfg['device']
-        config = GPTConfig(block_size=cfg['block_size'], vocab_size=cfg['vocab_size'], n_layer=cfg['n_layer'],
-                           n_head=cfg['n_head'], n_embd=cfg['n_embd'], activation=activation,
-                           poly_order=order or cfg['poly_order'], arch=cfg['arch'], init_seed=cfg['seed'],
-                           n_expert=cfg['n_expert'] if moe else 0, top_k=cfg['top_k'],
-                           expert_hidden=cfg['expert_hidden'])
-        self.raw_model = GPT(config, verbose=False).to(self.device)
-        self.model = torch.compile(self.raw_model) if mode == 'compiled' else self.raw_model
-        device_type = 'cuda' if self.device.startswith('cuda') else 'cpu'
-        # the optimizer train.py uses, with its default settings (AdamW's cost does not depend on them)
-        self.optimizer = self.raw_model.configure_optimizers(device_type=device_type)
-        self.ctx = (nullcontext() if cfg['dtype'] == 'float32' else
-                    torch.autocast(device_type=device_type, dtype=torch.bfloat16))
-        # the same random batch for every variant: the seed, not the variant, decides the token ids
-        generator = torch.Generator().manual_seed(cfg['seed'])
-        shape = (cfg['batch_size'], cfg['block_size'])
-        self.x = torch.randint(cfg['vocab_size'], shape, generator=generator).to(self.device)
-        self.y = torch.randint(cfg['vocab_size'], shape, generator=generator).to(self.device)
-        self.tokens_per_step = cfg['batch_size'] * cfg['block_size']
-        self.flops_per_token = self.raw_model.flops_per_token()
-        self.times = []          # seconds per step, one sample per round
-        self.peak_mem = None     # bytes, CUDA only
-
-    def step(self):
-        """One training step as train.py takes it, without gradient clipping and accumulation."""
-        train_step(self.model, self.optimizer, self.x, self.y, self.ctx)
-
-    def timed_steps(self, n):
-        """Mean seconds per step over n steps."""
-        return mean_step_seconds(self.step, n, self.device)
-
-    def measure_peak_memory(self):
-        """CUDA: the peak bytes of one step as if this were the only model in the process = the step's peak above
-        what was allocated before it, plus this model's own parameters and optimizer state."""
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        self.step()
-        torch.cuda.synchronize()
-        transient = torch.cuda.max_memory_allocated(self.device) - before
-        state = sum(t.numel() * t.element_size() for s in self.optimizer.state.values() for t in s.values()
-                    if torch.is_tensor(t))
-        params = sum(p.numel() * p.element_size() for p in self.raw_model.parameters())
-        self.peak_mem = transient + state + params
-
-
-def saved_bytes_per_token(variant):
-    """Bytes the autograd graph of one eager forward keeps for the backward, per token. Saved tensors are counted by
-    unique storage (a tensor saved by two ops, or views of one buffer, count once) and parameter storages are left
-    out, and so are buffers (the RoPE tables): they stay in memory whether or not a backward follows."""
-    model = variant.raw_model
-    resident = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
-    storages = {}
-
-    def pack(t):
-        if t.device.type != 'meta' and t.layout == torch.strided:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in resident:
-                storages[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), variant.ctx:
-        _, loss, aux = variant.raw_model(variant.x, variant.y, return_aux=True)
-    del loss, aux   # drops the graph and everything it saved
-    return sum(storages.values()) / variant.tokens_per_step
-
-
-def generation_config(cfg, activation):
-    return GPTConfig(block_size=cfg['block_size'], vocab_size=cfg['gen_vocab_size'] or cfg['vocab_size'],
-                     n_layer=cfg['n_layer'], n_head=cfg['n_head'], n_embd=cfg['gen_n_embd'] or cfg['n_embd'],
-                     ffn_hidden=cfg['gen_ffn_hidden'], activation=activation, poly_order=cfg['poly_order'],
-                     arch=cfg['arch'], init_seed=cfg['seed'])
-
-
-class Generation:
-    """One model's GPT.generate, timed with and without the KV cache: times[True] and times[False] hold the seconds
-    of one call each per round. Untrained weights: the cost of a step does not depend on which token comes out."""
-
-    def __init__(self, cfg, activation):
-        self.activation, self.name = activation, f"{activation} generate"
-        self.device, self.new_tokens = cfg['device'], cfg['gen_new_tokens']
-        self.model = GPT(generation_config(cfg, activation), verbose=False).to(self.device).eval()
-        self.ffn_hidden = self.model.transformer.h[0].mlp.hidden
-        device_type = 'cuda' if self.device.startswith('cuda') else 'cpu'
-        self.ctx = (nullcontext() if cfg['dtype'] == 'float32' else
-                    torch.autocast(device_type=device_type, dtype=torch.bfloat16))
-        self.prompt = torch.zeros((1, 1), dtype=torch.long, device=self.device)   # (B, T) = (1, 1)
-        self.times = {True: [], False: []}
-
-    def generate(self, kv_cache, new_tokens=None):
-        with self.ctx:
-            return self.model.generate(self.prompt, new_tokens or self.new_tokens, temperature=0.8, top_k=200,
-                                       kv_cache=kv_cache)
-
-    def time_round(self, cached_first):
-        """One timed call with the cache and one without, in the given order (alternate it between rounds)."""
-        for kv_cache in (True, False) if cached_first else (False, True):
-            self.times[kv_cache].append(mean_step_seconds(lambda: self.generate(kv_cache), 1, self.device))
-
-
-# -----------------------------------------------------------------------------
 # The measurement
 
 
@@ -303,17 +196,36 @@ def moe_modes_of(cfg):
     return split_list(cfg['moe_modes']) or split_list(cfg['modes'])
 
 
-def build_variants(cfg):
-    """One Variant per (mode, activation, order) of the dense rows, then the same for the MoE rows."""
-    variants = [Variant(cfg, a, m, False, r) for m in split_list(cfg['modes']) for a in split_list(cfg['activations'])
-                for r in orders_of(cfg, a)]
-    variants += [Variant(cfg, a, m, True, r) for m in moe_modes_of(cfg) for a in split_list(cfg['moe_activations'])
-                 for r in orders_of(cfg, a)]
+def variant_specs(cfg):
+    """(activation, mode, moe, order) of every row, in the order of the table: the dense rows of each mode, then the
+    MoE rows of each mode."""
+    specs = [(a, m, False, r) for m in split_list(cfg['modes']) for a in split_list(cfg['activations'])
+             for r in orders_of(cfg, a)]
+    return specs + [(a, m, True, r) for m in moe_modes_of(cfg) for a in split_list(cfg['moe_activations'])
+                    for r in orders_of(cfg, a)]
+
+
+def build_variants(cfg, mode=None):
+    """One Variant per row (see variant_specs), or per row of one mode; with cfg['isolate'] each in a process of its
+    own (VariantProcess, all started at once: their imports overlap)."""
+    specs = [spec for spec in variant_specs(cfg) if mode in (None, spec[1])]
+    if not cfg['isolate']:
+        return [Variant(cfg, *spec) for spec in specs]
+    variants = [VariantProcess(cfg, spec) for spec in specs]
+    for v in variants:
+        v.wait_until_built()
     return variants
 
 
 def run_benchmark(cfg, log=print):
-    """Build, warm up and time every variant round-robin. Returns a dict of results (see summarize)."""
+    """Build, warm up and time every variant round-robin, one mode at a time. Returns a dict of results (see
+    summarize).
+
+    Each mode is a phase of its own: its models are built, timed for all rounds and freed before the next mode's are
+    built. Every ratio is taken within one mode, so nothing pairs across phases; and a process that holds only one
+    mode's models is closer to train.py's, which holds one. (With all 16 models of the CPU config alive in one
+    process, the eager MoE's large activations met a heap shaped by the other 15: ~130k page faults a step against
+    ~100k with two models, and MoE / dense eager ratios of 2.07-2.12 where an eager-only run gave 1.84-1.92.)"""
     check_config(cfg)
     load_before = load_average()
     torch.manual_seed(cfg['seed'])
@@ -321,28 +233,56 @@ def run_benchmark(cfg, log=print):
     if on_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    variants = build_variants(cfg)
     generations = [Generation(cfg, a) for a in split_list(cfg['gen_activations'])]
-    log(f"{len(variants)} variants: {', '.join(v.name for v in variants + generations)}")
+    log(f"{len(variant_specs(cfg))} variants, one mode at a time: "
+        f"{', '.join(Variant.name_of(*spec) for spec in variant_specs(cfg))}"
+        + ''.join(f", {g.name}" for g in generations))
 
     saved = {}   # (activation, order, moe) -> bytes per token; eager forward, mode does not matter
-    for v in variants:
-        if (v.activation, v.order, v.moe) not in saved:
-            saved[(v.activation, v.order, v.moe)] = saved_bytes_per_token(v)
-
+    timed = []   # every variant once timed, its model freed
+    peaks = []   # CPU matmul peak, FLOP/s, one per round of every mode
+    busy = [0.0, 0.0, 0.0]   # other processes' CPU seconds, timed seconds, and whether both were measured
     t0 = time.perf_counter()
+    for phase, mode in enumerate(split_list(cfg['modes'])):
+        variants = build_variants(cfg, mode)
+        for v in variants:
+            if (v.activation, v.order, v.moe) not in saved:
+                saved[(v.activation, v.order, v.moe)] = v.saved_bytes_per_token()
+        warm_up(cfg, variants, generations if phase == 0 else [], log)
+        others, seconds = time_rounds(cfg, variants, generations if phase == 0 else [], log)
+        peaks += [p for p in variants[0].peaks if p] if variants else []
+        busy = [busy[0] + (others or 0.0), busy[1] + seconds, busy[2] or others is not None]
+        for v in variants:
+            v.release()
+        timed += variants
+    order = {spec: i for i, spec in enumerate(variant_specs(cfg))}
+    timed.sort(key=lambda v: order[v.spec])
+    results = summarize(cfg, timed, saved, peaks, time.perf_counter() - t0, generations)
+    results['load_before'] = load_before[0] if load_before else None
+    if busy[2]:   # CPU time of everything else on the machine, in cores, while we timed
+        results['other_load'] = max(0.0, busy[0] / busy[1])
+    return results
+
+
+def warm_up(cfg, variants, generations, log):
+    """Untimed steps (compile, allocator, thread pool), and the peak memory of one step on CUDA."""
     for v in variants:
         t = time.perf_counter()
         for _ in range(cfg['warmup_steps']):
             v.step()
-        if on_cuda:
+        if cfg['device'].startswith('cuda'):
             v.measure_peak_memory()
         log(f"warm-up {v.name}: {time.perf_counter() - t:.1f} s")
     for g in generations:   # a few tokens each way: the first calls allocate and load kernels
         g.generate(True, 8), g.generate(False, 8)
-    log(f"warm-up done in {time.perf_counter() - t0:.0f} s; timing {cfg['repeats']} rounds")
 
-    peaks = []   # CPU matmul peak, FLOP/s, one per round
+
+def time_rounds(cfg, variants, generations, log):
+    """Time every variant cfg['repeats'] times, round-robin, each round starting one variant later; on CPU also the
+    float32 matmul peak of each round (v.peaks, paired with v.times for MFU). Returns (CPU seconds other processes
+    used meanwhile or None, wall seconds)."""
+    mode = variants[0].mode if variants else ''
+    log(f"timing {cfg['repeats']} rounds of the {mode} variants")
     busy_before, t_rounds = cpu_seconds(), time.perf_counter()
     for r in range(cfg['repeats']):
         shift = r % len(variants)   # rotate the order so no variant always runs right after the same neighbour
@@ -350,19 +290,18 @@ def run_benchmark(cfg, log=print):
             v.times.append(v.timed_steps(cfg['steps_per_repeat']))
         for g in generations:
             g.time_round(cached_first=r % 2 == 0)
-        if not on_cuda and cfg['matmul_peak']:
-            peaks.append(measure_cpu_matmul_flops(reps=3))
+        peak = measure_cpu_matmul_flops(reps=3) if cfg['matmul_peak'] and not cfg['device'].startswith('cuda') \
+            else None
+        for v in variants:
+            v.peaks.append(peak)
         log(f"round {r + 1}/{cfg['repeats']}: " + ', '.join(f"{v.name} {v.times[-1] * 1000:.0f}" for v in variants)
-            + ' ms' + (f"; matmul {peaks[-1] / 1e9:.0f} GFLOP/s" if peaks else '')
+            + ' ms' + (f"; matmul {peak / 1e9:.0f} GFLOP/s" if peak else '')
             + ''.join(f"; {g.name} {g.times[True][-1]:.2f} s with KV cache, {g.times[False][-1]:.2f} s without"
                       for g in generations))
-    busy_after, rounds_seconds = cpu_seconds(), time.perf_counter() - t_rounds
-    results = summarize(cfg, variants, saved, peaks, time.perf_counter() - t0, generations)
-    results['load_before'] = load_before[0] if load_before else None
-    if busy_before and busy_after:   # CPU time of everything else on the machine, in cores, while we timed
-        others = (busy_after[0] - busy_before[0]) - (busy_after[1] - busy_before[1])
-        results['other_load'] = max(0.0, others / rounds_seconds)
-    return results
+    busy_after, seconds = cpu_seconds(), time.perf_counter() - t_rounds
+    if not (busy_before and busy_after):
+        return None, seconds
+    return (busy_after[0] - busy_before[0]) - (busy_after[1] - busy_before[1]), seconds
 
 
 def spread(samples):
@@ -381,17 +320,17 @@ def paired_ratios(a, b):
 
 def summarize(cfg, variants, saved, peaks, seconds, generations=()):
     """One row per variant and per generation, figures[key] = (median, q1, q3) over rounds for the targets, and the
-    targets checked."""
+    targets checked. peaks: the CPU matmul peak of every round of every mode (v.peaks: those of v's rounds)."""
     on_cuda = cfg['device'].startswith('cuda')
     if on_cuda:
         name = torch.cuda.get_device_name(torch.device(cfg['device']))
         peak, peak_note = gpu_peak_flops(name), 'datasheet dense bf16 peak (training/peak_flops.py)'
-        round_peaks = [peak] * cfg['repeats'] if peak else None
+        for v in variants:
+            v.peaks = [peak] * len(v.times)
     else:
         peak = statistics.median(peaks) if peaks else None
         peak_note = (f"float32 matmul measured in each of the {len(peaks)} rounds, median; MFU is paired with the "
                      f"peak of its own round" if peaks else "not measured (--matmul_peak=False), MFU left empty")
-        round_peaks = peaks or None
     by_key = {v.key: v for v in variants}
     gelu_saved = saved.get(('gelu', None, False))
     rows, figures = [], {}
@@ -399,8 +338,8 @@ def summarize(cfg, variants, saved, peaks, seconds, generations=()):
         step = statistics.median(v.times)
         baseline = by_key.get(('gelu', None, v.mode, False))
         dense = by_key.get((v.activation, v.order, v.mode, False))
-        mfu = spread(v.flops_per_token * v.tokens_per_step / (t * p) for t, p in zip(v.times, round_peaks)) \
-            if round_peaks else None
+        mfu = spread(v.flops_per_token * v.tokens_per_step / (t * p) for t, p in zip(v.times, v.peaks)) \
+            if peak and all(v.peaks) else None
         ratio_gelu = spread(paired_ratios(v.times, baseline.times)) if baseline else None
         ratio_dense = spread(paired_ratios(v.times, dense.times)) if v.moe and dense else None
         own_saved = saved[(v.activation, v.order, v.moe)]
@@ -547,20 +486,6 @@ def profile_variant(cfg, activation, mode='eager', moe=False, steps=3, row_limit
             variant.step()
     sort_by = 'self_device_time_total' if cfg['device'].startswith('cuda') else 'self_cpu_time_total'
     return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
-
-
-def keep_freed_memory_in_heap():
-    """glibc malloc hands out every block of 32 MB or more as fresh mmap pages and unmaps it on free, so each such
-    tensor costs a page fault per 4 kB on first touch (the MoE's (B*T*top_k, hidden) activations at the bench config:
-    a (8192, 1024) fp32 GELU takes ~20 ms instead of ~5 ms on one core). Turning mmap off and never trimming the heap
-    makes freed memory reusable, as PyTorch's CUDA caching allocator does on GPU. Returns True when it was applied."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        return False   # not glibc (macOS, musl): nothing to do
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 62))
 
 
 def main(argv):

@@ -120,8 +120,9 @@ def markdown_section(results):
           if results.get('forced') else []),
         f"- config: {model_text}",
         f"- measurement: {cfg['repeats']} rounds x {cfg['steps_per_repeat']} step(s) per variant after "
-        f"{cfg['warmup_steps']} warm-up steps, round-robin; step = forward + backward + AdamW step + zero_grad; "
-        f"{results['seconds']:.0f} s in all",
+        f"{cfg['warmup_steps']} warm-up steps, round-robin, one mode after the other"
+        f"{', each variant in a process of its own' if cfg.get('isolate') else ', all variants in one process'}; "
+        f"step = forward + backward + AdamW step + zero_grad; {results['seconds']:.0f} s in all",
         f"- MFU peak: {fmt(results['peak'] and results['peak'] / 1e9, ',.1f')} GFLOP/s ({results['peak_note']})",
         "- step ms = median over rounds; × GELU / × dense = median over rounds of the ratio measured in the same "
         "round (same mode); MFU = median over rounds; saved B/token = bytes saved for backward per token (unique storages, no parameters or buffers)",

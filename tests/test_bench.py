@@ -3,16 +3,21 @@ No timing assertions here: performance targets are checked by bench.py itself on
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
 
 import bench
+from lab import bench_variants
+from lab.analysis import mean_step_seconds, train_step
+from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(bench.DEFAULTS, n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=2, activations='gelu,polynorm',
             modes='eager', moe_activations='gelu', n_expert=4, top_k=2, repeats=1, warmup_steps=1, matmul_peak=False,
-            out_file='', gen_activations='polynorm', gen_new_tokens=6, gen_n_embd=0, gen_ffn_hidden=0, gen_vocab_size=0)
+            out_file='', gen_activations='polynorm', gen_new_tokens=6, gen_n_embd=0, gen_ffn_hidden=0, gen_vocab_size=0,
+            isolate=False)   # in this process (faster); the isolated default has tests of its own
 TINY_FLAGS = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=2', '--repeats=1',
               '--warmup_steps=1', '--matmul_peak=False', '--activations=gelu,polynorm', '--modes=eager',
               '--moe_activations=gelu', '--n_expert=4', '--gen_new_tokens=6', '--gen_n_embd=0', '--gen_ffn_hidden=0',
@@ -38,7 +43,7 @@ def test_one_row_per_variant_with_ratios_to_gelu_and_dense(results):
 def test_saved_bytes_count_activations_not_parameters(results):
     # activations grow with the batch, parameters and buffers do not: leaving those out makes the count per token the
     # same whatever the batch size
-    per_token = [bench.saved_bytes_per_token(bench.Variant(dict(TINY, batch_size=b), 'polynorm', 'eager', False))
+    per_token = [bench.Variant(dict(TINY, batch_size=b), 'polynorm', 'eager', False).saved_bytes_per_token()
                  for b in (2, 5)]
     assert per_token[0] == pytest.approx(per_token[1], abs=1.0)   # (a few scalars, e.g. the loss, do not scale)
     rows = {r['name']: r for r in results['rows']}
@@ -117,6 +122,87 @@ def test_modes_decide_compilation_for_every_variant_moe_included(monkeypatch, mo
     assert len(variants) == 3 * len(modes.split(','))            # gelu, polynorm, moe-gelu per mode
     assert len(calls) == compiled
     assert all(v.mode in modes.split(',') for v in variants)
+
+
+def test_each_mode_is_built_timed_and_freed_before_the_next_modes_models_exist(monkeypatch):
+    # the ratios pair rows of one mode, so a mode can be timed alone: a compiled model must not be alive while the
+    # eager ones are timed (nor the other way round), and the table keeps its order whatever the phases
+    monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: model)
+    events, alive = [], set()
+    init, release, timed_steps = bench.Variant.__init__, bench.Variant.release, bench.Variant.timed_steps
+
+    def build(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        alive.add(self.name)
+        events.append(('build', self.name))
+
+    def free(self):
+        release(self)
+        alive.discard(self.name)
+        events.append(('free', self.name))
+
+    def timed(self, n):
+        events.append(('time', self.name, frozenset(alive)))
+        return timed_steps(self, n)
+
+    monkeypatch.setattr(bench.Variant, '__init__', build)
+    monkeypatch.setattr(bench.Variant, 'release', free)
+    monkeypatch.setattr(bench.Variant, 'timed_steps', timed)
+    results = bench.run_benchmark(dict(TINY, modes='eager,compiled', repeats=2, gen_activations=''),
+                                  log=lambda *a: None)
+    for event in events:
+        if event[0] == 'time':
+            mode = event[1].split()[-1]
+            assert {name.split()[-1] for name in event[2]} == {mode}, event
+    first_compiled = next(i for i, e in enumerate(events) if e[:2] == ('build', 'gelu compiled'))
+    assert all(('free', f"{n} eager") in events[:first_compiled] for n in ('gelu', 'polynorm', 'moe-gelu'))
+    assert [r['name'] for r in results['rows']] == ['gelu eager', 'polynorm eager', 'gelu compiled',
+                                                    'polynorm compiled', 'moe-gelu eager', 'moe-gelu compiled']
+    rows = {r['name']: r for r in results['rows']}
+    assert rows['gelu compiled']['ratio_gelu'] == pytest.approx(1.0) and rows['moe-gelu compiled']['ratio_dense'] > 0
+
+
+def test_an_isolated_variant_runs_in_its_own_process_and_measures_what_the_in_process_one_does():
+    # the default: each variant in a process of its own (as train.py holds one model); the same model, so the same
+    # FLOPs and the same bytes saved for backward; stopping it ends its process
+    cfg = dict(TINY, isolate=True)
+    gelu, child = bench.build_variants(dict(cfg, activations='gelu', moe_activations='polynorm'), 'eager')
+    gelu.release()
+    here = bench.Variant(cfg, 'polynorm', 'eager', True)
+    assert child.name == here.name == 'moe-polynorm eager' and child.process.pid != os.getpid()
+    assert (child.flops_per_token, child.tokens_per_step) == (here.flops_per_token, here.tokens_per_step)
+    assert child.saved_bytes_per_token() == here.saved_bytes_per_token()
+    child.step()
+    assert child.timed_steps(2) > 0
+    child.release()
+    assert not child.process.is_alive() and child.process.exitcode == 0
+
+
+def test_a_failure_inside_a_variants_process_is_raised_here_with_its_name():
+    # n_head=3 does not divide n_embd=32: GPTConfig's one-line error, raised in the child, comes back named
+    with pytest.raises(RuntimeError, match=r"^gelu eager: ValueError: .*n_head"):
+        bench.build_variants(dict(TINY, isolate=True, n_head=3, activations='gelu', moe_activations=''))
+
+
+def test_the_isolated_default_gives_every_row_and_figure_of_the_in_process_run(results):
+    isolated = bench.run_benchmark(dict(TINY, isolate=True), log=lambda *a: None)
+    assert [r['name'] for r in isolated['rows']] == [r['name'] for r in results['rows']]
+    assert set(isolated['figures']) == set(results['figures'])
+    for a, b in zip(isolated['rows'], results['rows']):
+        assert a['saved_per_token'] == b['saved_per_token'] and a['flops_per_token'] == b['flops_per_token']
+        assert a['step_ms'] > 0
+
+
+def test_mfu_pairs_each_step_time_with_the_matmul_peak_of_its_own_round():
+    cfg = dict(TINY, modes='eager,compiled', moe_activations='', activations='gelu')
+    variants = [bench.Variant(cfg, 'gelu', mode, False) for mode in ('eager', 'compiled')]
+    flops = variants[0].flops_per_token * variants[0].tokens_per_step
+    variants[0].times, variants[0].peaks = [1.0, 2.0, 1.0], [4 * flops, 1 * flops, 2 * flops]   # MFU 1/4, 1/2, 1/2
+    variants[1].times, variants[1].peaks = [1.0, 1.0, 1.0], [8 * flops, 8 * flops, 8 * flops]   # its own rounds
+    results = bench.summarize(cfg, variants, {('gelu', None, False): 1.0}, variants[0].peaks + variants[1].peaks, 1.0)
+    rows = {r['name']: r for r in results['rows']}
+    assert rows['gelu eager']['mfu'] == pytest.approx(0.5) and rows['gelu compiled']['mfu'] == pytest.approx(1 / 8)
+    assert results['peak'] == pytest.approx(6 * flops)       # the median over all six rounds
 
 
 def test_poly_orders_measure_every_polycom_activation_once_per_order_in_one_run(tmp_path):
@@ -241,9 +327,9 @@ def test_generation_past_block_size_runs_and_no_gen_activations_means_no_generat
 
 
 def tiny_model(moe=True):
-    config = bench.GPTConfig(block_size=16, vocab_size=65, n_layer=1, n_head=2, n_embd=32, activation='polynorm',
+    config = GPTConfig(block_size=16, vocab_size=65, n_layer=1, n_head=2, n_embd=32, activation='polynorm',
                              n_expert=4 if moe else 0, top_k=2, init_seed=7)
-    return bench.GPT(config, verbose=False)
+    return GPT(config, verbose=False)
 
 
 def test_train_step_is_one_step_on_the_mean_gradient_of_loss_plus_aux_losses():
@@ -261,7 +347,7 @@ def test_train_step_is_one_step_on_the_mean_gradient_of_loss_plus_aux_losses():
     for micro_steps in (1, 3):
         model = tiny_model()
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        bench.train_step(model, optimizer, x, y, bench.nullcontext(), micro_steps=micro_steps)
+        train_step(model, optimizer, x, y, nullcontext(), micro_steps=micro_steps)
         for (name, p), q in zip(model.named_parameters(), by_hand.parameters()):
             assert torch.allclose(p, q, atol=1e-6), (micro_steps, name)
             assert p.grad is None, name                        # zero_grad(set_to_none=True) after the step
@@ -275,10 +361,10 @@ def test_mean_step_seconds_is_the_mean_of_n_calls_between_cuda_synchronizations(
         clock[0] += 2.0
     monkeypatch.setattr(bench.time, 'perf_counter', lambda: clock[0])
     monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: events.append(f'sync {device}'))
-    assert bench.mean_step_seconds(step, 4, 'cpu') == 2.0
+    assert mean_step_seconds(step, 4, 'cpu') == 2.0
     assert events == ['step'] * 4                               # no CUDA call on CPU
     events.clear()
-    assert bench.mean_step_seconds(step, 3, torch.device('cuda', 1)) == 2.0
+    assert mean_step_seconds(step, 3, torch.device('cuda', 1)) == 2.0
     assert events == ['sync cuda:1'] + ['step'] * 3 + ['sync cuda:1']
 
 
@@ -286,12 +372,12 @@ def test_bench_variants_take_the_shared_step_and_train_py_s_optimizer(monkeypatc
     # one optimizer builder (GPT.configure_optimizers with its defaults: bench sets no hyperparameters of its own) and
     # one timing step (train_step, timed by mean_step_seconds) for bench.py and compare.py
     built, stepped = [], []
-    configure = bench.GPT.configure_optimizers
-    monkeypatch.setattr(bench.GPT, 'configure_optimizers',
+    configure = GPT.configure_optimizers
+    monkeypatch.setattr(GPT, 'configure_optimizers',
                         lambda self, *args, **kwargs: built.append((args, kwargs)) or configure(self, *args, **kwargs))
     v = bench.Variant(dict(TINY), 'gelu', 'eager', False)
     assert built == [((), {'device_type': 'cpu'})]
-    monkeypatch.setattr(bench, 'train_step', lambda *args, **kwargs: stepped.append(args))
+    monkeypatch.setattr(bench_variants, 'train_step', lambda *args, **kwargs: stepped.append(args))
     assert v.timed_steps(2) >= 0
     assert stepped == [(v.model, v.optimizer, v.x, v.y, v.ctx)] * 2
 
