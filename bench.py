@@ -283,7 +283,7 @@ def time_rounds(cfg, variants, generations, log):
     used meanwhile or None, wall seconds)."""
     mode = variants[0].mode if variants else ''
     log(f"timing {cfg['repeats']} rounds of the {mode} variants")
-    busy_before, t_rounds = cpu_seconds(), time.perf_counter()
+    busy_before, ours_before, t_rounds = cpu_seconds(), variants_cpu_seconds(variants), time.perf_counter()
     for r in range(cfg['repeats']):
         shift = r % len(variants)   # rotate the order so no variant always runs right after the same neighbour
         for v in variants[shift:] + variants[:shift]:
@@ -298,10 +298,17 @@ def time_rounds(cfg, variants, generations, log):
             + ' ms' + (f"; matmul {peak / 1e9:.0f} GFLOP/s" if peak else '')
             + ''.join(f"; {g.name} {g.times[True][-1]:.2f} s with KV cache, {g.times[False][-1]:.2f} s without"
                       for g in generations))
-    busy_after, seconds = cpu_seconds(), time.perf_counter() - t_rounds
-    if not (busy_before and busy_after):
+    busy_after, ours_after, seconds = cpu_seconds(), variants_cpu_seconds(variants), time.perf_counter() - t_rounds
+    if not (busy_before and busy_after) or ours_before is None or ours_after is None:
         return None, seconds
-    return (busy_after[0] - busy_before[0]) - (busy_after[1] - busy_before[1]), seconds
+    ours = (busy_after[1] - busy_before[1]) + (ours_after - ours_before)   # this process and its variants' processes
+    return (busy_after[0] - busy_before[0]) - ours, seconds
+
+
+def variants_cpu_seconds(variants):
+    """CPU seconds the variants' own processes have used (0 for variants in this process), None if one is unknown."""
+    seconds = [v.cpu_seconds() for v in variants]
+    return None if None in seconds else sum(seconds)
 
 
 def spread(samples):

@@ -9,6 +9,7 @@ import torch
 
 from lab.analysis import mean_step_seconds, train_step
 from model import GPT, GPTConfig
+from training.peak_flops import process_cpu_seconds
 from training.processes import keep_freed_memory_in_heap
 
 
@@ -50,6 +51,9 @@ class Variant:
 
     def saved_bytes_per_token(self):
         return saved_bytes_per_token(self)
+
+    def cpu_seconds(self):
+        return 0.0   # it runs in this process, whose CPU time is counted as this run's already
 
     def release(self):
         """Free the model, its optimizer state and its batch once timed; the measurements stay."""
@@ -148,6 +152,10 @@ class VariantProcess:
 
     def saved_bytes_per_token(self):
         return self.saved
+
+    def cpu_seconds(self):
+        """CPU seconds the process has used (None where /proc is missing): its steps are this run's, not others'."""
+        return process_cpu_seconds(self.process.pid)
 
     def release(self):
         """Stop the process (it frees everything); the measurements stay here."""

@@ -193,6 +193,28 @@ def test_the_isolated_default_gives_every_row_and_figure_of_the_in_process_run(r
         assert a['step_ms'] > 0
 
 
+def test_the_variants_own_processes_are_not_counted_as_other_load(monkeypatch):
+    # what the machine was busy with, minus this process, minus the variants' processes = other people's work; a
+    # variant's process that cannot be read makes the load unknown (None), never 0
+    class Child:
+        def __init__(self, seconds):
+            self.name, self.mode, self.times, self.peaks, self.seconds = 'gelu eager', 'eager', [], [], iter(seconds)
+
+        def timed_steps(self, n):
+            return 1.0
+
+        def cpu_seconds(self):
+            return next(self.seconds)
+
+    machine = iter([(100.0, 5.0), (110.0, 6.0)])          # (busy seconds of the whole machine, of this process)
+    monkeypatch.setattr(bench, 'cpu_seconds', lambda: next(machine))
+    cfg = dict(TINY, repeats=2)
+    others, seconds = bench.time_rounds(cfg, [Child([10.0, 12.0]), Child([0.0, 1.0])], [], log=lambda *a: None)
+    assert others == pytest.approx(10.0 - 1.0 - 3.0) and seconds >= 0
+    machine = iter([(100.0, 5.0), (110.0, 6.0)])
+    assert bench.time_rounds(cfg, [Child([10.0, None])], [], log=lambda *a: None)[0] is None
+
+
 def test_mfu_pairs_each_step_time_with_the_matmul_peak_of_its_own_round():
     cfg = dict(TINY, modes='eager,compiled', moe_activations='', activations='gelu')
     variants = [bench.Variant(cfg, 'gelu', mode, False) for mode in ('eager', 'compiled')]

@@ -51,6 +51,17 @@ def cpu_seconds():
     return busy / os.sysconf('SC_CLK_TCK'), own.user + own.system
 
 
+def process_cpu_seconds(pid):
+    """CPU seconds (user + system, all threads) process pid has used so far, from /proc/<pid>/stat; None elsewhere or
+    once it is gone. bench.py adds its variants' processes to its own, so that they are not "other processes"."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rsplit(')', 1)[1].split()   # after the command name, which may hold spaces
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')   # utime, stime: fields 14 and 15
+
+
 def gpu_peak_flops(device_name):
     """Dense tensor-core peak FLOP/s for a CUDA device name, or None when the GPU is not in the table."""
     for pattern, flops in GPU_PEAK_FLOPS:
