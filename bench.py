@@ -97,7 +97,7 @@ isolate = True              # every variant in a process of its own, as train.py
 device = 'cpu'              # 'cpu', 'cuda', 'cuda:N'
 dtype = 'float32'           # 'float32' or 'bfloat16' (autocast, fp32 master weights)
 seed = 1337
-malloc_keep_heap = False    # Linux CPU: glibc serves no tensor from fresh mmap pages (see keep_freed_memory_in_heap)
+malloc_keep_heap = False    # Linux CPU: glibc serves no tensor from fresh mmap pages (training/processes.py)
 record = False              # True: write the results into this device's section of BENCHMARKS.md (the recorded ones)
 force_record = False        # True: record even a run that is not the full recording config, or ran on a loaded machine
 out_file = 'out-bench/bench.md'   # where an unrecorded run writes them; '' = terminal only
