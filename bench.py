@@ -51,12 +51,11 @@ import time
 import torch
 
 from configurator import ConfigError, parse_config
-from lab.bench_variants import Generation, Variant, VariantProcess, generation_config
+from lab.bench_variants import Generation, Variant, VariantProcess, generation_config, keep_freed_memory_in_heap
 from lab.bench_report import (QUIET_OTHER_LOAD, RECORD_HEADER, SCRATCH_HEADER, device_kind, machine_info,
                               print_results, write_markdown)
 from model import MAX_POLY_ORDER, build_activation
 from training.peak_flops import cpu_seconds, gpu_peak_flops, measure_cpu_matmul_flops
-from training.processes import keep_freed_memory_in_heap
 
 # -----------------------------------------------------------------------------
 # default config values: the CPU config the targets are set for (a small character-level model, random token ids:
@@ -97,7 +96,7 @@ isolate = True              # every variant in a process of its own, as train.py
 device = 'cpu'              # 'cpu', 'cuda', 'cuda:N'
 dtype = 'float32'           # 'float32' or 'bfloat16' (autocast, fp32 master weights)
 seed = 1337
-malloc_keep_heap = False    # Linux CPU: glibc serves no tensor from fresh mmap pages (training/processes.py)
+malloc_keep_heap = False    # Linux CPU: glibc serves no tensor from fresh mmap pages (lab/bench_variants.py)
 record = False              # True: write the results into this device's section of BENCHMARKS.md (the recorded ones)
 force_record = False        # True: record even a run that is not the full recording config, or ran on a loaded machine
 out_file = 'out-bench/bench.md'   # where an unrecorded run writes them; '' = terminal only
@@ -222,10 +221,9 @@ def run_benchmark(cfg, log=print):
     summarize).
 
     Each mode is a phase of its own: its models are built, timed for all rounds and freed before the next mode's are
-    built. Every ratio is taken within one mode, so nothing pairs across phases; and a process that holds only one
-    mode's models is closer to train.py's, which holds one. (With all 16 models of the CPU config alive in one
-    process, the eager MoE's large activations met a heap shaped by the other 15: ~130k page faults a step against
-    ~100k with two models, and MoE / dense eager ratios of 2.07-2.12 where an eager-only run gave 1.84-1.92.)"""
+    built. Every ratio is taken within one mode, so nothing pairs across phases, and only one mode's models take
+    memory at a time (in their own processes, or with --isolate=False in this one; VariantProcess says why the
+    default keeps each apart)."""
     check_config(cfg)
     load_before = load_average()
     torch.manual_seed(cfg['seed'])

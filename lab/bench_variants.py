@@ -10,7 +10,6 @@ import torch
 from lab.analysis import mean_step_seconds, train_step
 from model import GPT, GPTConfig
 from training.peak_flops import process_cpu_seconds
-from training.processes import keep_freed_memory_in_heap
 
 
 class Variant:
@@ -108,10 +107,10 @@ class VariantProcess:
 
     Why: train.py holds one model, and a process that holds many measures something else. In one process, every
     model's step frees memory in sizes the next model cannot reuse, and glibc hands blocks of 32 MB and more out as
-    fresh pages: with the 16 models of the CPU config in one process the eager MoE took ~130k page faults a step and
-    came out at 2.07-2.12x the dense step (and 1.84-1.92x with only the 5 eager models alive), where train.py, one
-    model per process, runs it at ~1.55x. Round-robin stays: only one process steps at a time, the others wait on
-    their pipe, so a burst of outside load still slows all variants of one round alike."""
+    fresh pages: with the 16 models of the CPU config in one process the eager MoE took ~130k page faults a step (~100k
+    alone) and came out at 2.06-2.12x the dense step in two recordings; with each model in its own process, 1.67-1.74x
+    (BENCHMARKS.md, "One model per process"). Round-robin stays: only one process steps at a time, the others wait on
+    their pipe (idle: ~0.01 CPU s in 3 s), so a burst of outside load still slows all variants of one round alike."""
 
     def __init__(self, cfg, spec):
         import multiprocessing
@@ -186,6 +185,22 @@ def serve_variant(cfg, spec, conn):
             conn.send(RuntimeError(f"{Variant.name_of(*spec)}: {type(e).__name__}: {e}"))
         except OSError:   # the parent is gone
             pass
+
+
+def keep_freed_memory_in_heap():
+    """bench.py --malloc_keep_heap=True, in its process and its variants': glibc's malloc hands every block of 32 MB
+    or more out as fresh mmap pages and unmaps it on free, and trims freed memory at the top of the heap, so the next
+    step touches new pages, a page fault per 4 kB (the eager MoE's (B*T*top_k, hidden) activations: ~100k faults a
+    step in a process of its own). With mmap and trimming off, freed memory stays for the next step, as PyTorch's
+    caching allocator keeps it on GPU. Not train.py's default: it took the faults to 0 without a step time change
+    beyond the noise (BENCHMARKS.md). Returns True when applied, False without glibc (macOS, musl)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 62))
 
 
 def generation_config(cfg, activation):

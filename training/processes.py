@@ -98,20 +98,6 @@ def choose_device(device, dtype, local_rank):
     return device, device_type, dtype, ctx
 
 
-def keep_freed_memory_in_heap():
-    """glibc malloc hands out every block of 32 MB or more as fresh mmap pages and unmaps it on free, so each such
-    tensor costs a page fault per 4 kB on first touch (the MoE's (B*T*top_k, hidden) activations at the bench config:
-    a (8192, 1024) fp32 GELU takes ~20 ms instead of ~5 ms on one core). Turning mmap off and never trimming the heap
-    makes freed memory reusable, as PyTorch's CUDA caching allocator does on GPU. Returns True when it was applied."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        return False   # not glibc (macOS, musl): nothing to do
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 62))
-
-
 class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM asks the training loop to finish the current iteration, evaluate, save and exit;
     a second one stops at once without saving (KeyboardInterrupt). Under DDP the ranks agree at the next log point."""
