@@ -239,7 +239,7 @@ def run_benchmark(cfg, log=print):
     saved = {}   # (activation, order, moe) -> bytes per token; eager forward, mode does not matter
     timed = []   # every variant once timed, its model freed
     peaks = []   # CPU matmul peak, FLOP/s, one per round of every mode
-    busy = [0.0, 0.0, 0.0]   # other processes' CPU seconds, timed seconds, and whether both were measured
+    others, seconds = [], []   # per mode: CPU seconds other processes used (None: unknown), wall seconds timed
     t0 = time.perf_counter()
     for phase, mode in enumerate(split_list(cfg['modes'])):
         variants = build_variants(cfg, mode)
@@ -247,9 +247,9 @@ def run_benchmark(cfg, log=print):
             if (v.activation, v.order, v.moe) not in saved:
                 saved[(v.activation, v.order, v.moe)] = v.saved_bytes_per_token()
         warm_up(cfg, variants, generations if phase == 0 else [], log)
-        others, seconds = time_rounds(cfg, variants, generations if phase == 0 else [], log)
-        peaks += [p for p in variants[0].peaks if p] if variants else []
-        busy = [busy[0] + (others or 0.0), busy[1] + seconds, busy[2] or others is not None]
+        mode_others, mode_seconds, mode_peaks = time_rounds(cfg, variants, generations if phase == 0 else [], log)
+        others.append(mode_others), seconds.append(mode_seconds)
+        peaks += [p for p in mode_peaks if p]
         for v in variants:
             v.release()
         timed += variants
@@ -257,8 +257,8 @@ def run_benchmark(cfg, log=print):
     timed.sort(key=lambda v: order[v.spec])
     results = summarize(cfg, timed, saved, peaks, time.perf_counter() - t0, generations)
     results['load_before'] = load_before[0] if load_before else None
-    if busy[2]:   # CPU time of everything else on the machine, in cores, while we timed
-        results['other_load'] = max(0.0, busy[0] / busy[1])
+    if None not in others:   # CPU time of everything else on the machine, in cores, while we timed
+        results['other_load'] = max(0.0, sum(others) / sum(seconds))
     return results
 
 
@@ -278,10 +278,11 @@ def warm_up(cfg, variants, generations, log):
 def time_rounds(cfg, variants, generations, log):
     """Time every variant cfg['repeats'] times, round-robin, each round starting one variant later; on CPU also the
     float32 matmul peak of each round (v.peaks, paired with v.times for MFU). Returns (CPU seconds other processes
-    used meanwhile or None, wall seconds)."""
+    used meanwhile or None, wall seconds, the rounds' matmul peaks)."""
     mode = variants[0].mode if variants else ''
     log(f"timing {cfg['repeats']} rounds of the {mode} variants")
     busy_before, ours_before, t_rounds = cpu_seconds(), variants_cpu_seconds(variants), time.perf_counter()
+    peaks = []
     for r in range(cfg['repeats']):
         shift = r % len(variants)   # rotate the order so no variant always runs right after the same neighbour
         for v in variants[shift:] + variants[:shift]:
@@ -290,6 +291,7 @@ def time_rounds(cfg, variants, generations, log):
             g.time_round(cached_first=r % 2 == 0)
         peak = measure_cpu_matmul_flops(reps=3) if cfg['matmul_peak'] and not cfg['device'].startswith('cuda') \
             else None
+        peaks.append(peak)
         for v in variants:
             v.peaks.append(peak)
         log(f"round {r + 1}/{cfg['repeats']}: " + ', '.join(f"{v.name} {v.times[-1] * 1000:.0f}" for v in variants)
@@ -298,9 +300,9 @@ def time_rounds(cfg, variants, generations, log):
                       for g in generations))
     busy_after, ours_after, seconds = cpu_seconds(), variants_cpu_seconds(variants), time.perf_counter() - t_rounds
     if not (busy_before and busy_after) or ours_before is None or ours_after is None:
-        return None, seconds
+        return None, seconds, peaks
     ours = (busy_after[1] - busy_before[1]) + (ours_after - ours_before)   # this process and its variants' processes
-    return (busy_after[0] - busy_before[0]) - ours, seconds
+    return (busy_after[0] - busy_before[0]) - ours, seconds, peaks
 
 
 def variants_cpu_seconds(variants):
@@ -330,8 +332,6 @@ def summarize(cfg, variants, saved, peaks, seconds, generations=()):
     if on_cuda:
         name = torch.cuda.get_device_name(torch.device(cfg['device']))
         peak, peak_note = gpu_peak_flops(name), 'datasheet dense bf16 peak (training/peak_flops.py)'
-        for v in variants:
-            v.peaks = [peak] * len(v.times)
     else:
         peak = statistics.median(peaks) if peaks else None
         peak_note = (f"float32 matmul measured in each of the {len(peaks)} rounds, median; MFU is paired with the "
@@ -343,8 +343,9 @@ def summarize(cfg, variants, saved, peaks, seconds, generations=()):
         step = statistics.median(v.times)
         baseline = by_key.get(('gelu', None, v.mode, False))
         dense = by_key.get((v.activation, v.order, v.mode, False))
-        mfu = spread(v.flops_per_token * v.tokens_per_step / (t * p) for t, p in zip(v.times, v.peaks)) \
-            if peak and all(v.peaks) else None
+        round_peaks = [peak] * len(v.times) if on_cuda else v.peaks   # CPU: the peak of each step's own round
+        mfu = spread(v.flops_per_token * v.tokens_per_step / (t * p) for t, p in zip(v.times, round_peaks)) \
+            if peak and all(round_peaks) else None
         ratio_gelu = spread(paired_ratios(v.times, baseline.times)) if baseline else None
         ratio_dense = spread(paired_ratios(v.times, dense.times)) if v.moe and dense else None
         own_saved = saved[(v.activation, v.order, v.moe)]

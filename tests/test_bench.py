@@ -209,10 +209,23 @@ def test_the_variants_own_processes_are_not_counted_as_other_load(monkeypatch):
     machine = iter([(100.0, 5.0), (110.0, 6.0)])          # (busy seconds of the whole machine, of this process)
     monkeypatch.setattr(bench, 'cpu_seconds', lambda: next(machine))
     cfg = dict(TINY, repeats=2)
-    others, seconds = bench.time_rounds(cfg, [Child([10.0, 12.0]), Child([0.0, 1.0])], [], log=lambda *a: None)
+    children = [Child([10.0, 12.0]), Child([0.0, 1.0])]
+    others, seconds, _ = bench.time_rounds(cfg, children, [], log=lambda *a: None)
     assert others == pytest.approx(10.0 - 1.0 - 3.0) and seconds >= 0
     machine = iter([(100.0, 5.0), (110.0, 6.0)])
     assert bench.time_rounds(cfg, [Child([10.0, None])], [], log=lambda *a: None)[0] is None
+
+
+def test_the_other_load_is_unknown_when_one_modes_rounds_could_not_measure_it(monkeypatch):
+    # two modes: 3 s of others' CPU over 10 s, then an unknown one: the run's load is unknown, not 3 / 10
+    monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: model)
+    answers = iter([(3.0, 10.0, []), (None, 10.0, [])])
+    monkeypatch.setattr(bench, 'time_rounds', lambda cfg, variants, generations, log: next(answers))
+    monkeypatch.setattr(bench, 'summarize', lambda *args: {})
+    cfg = dict(TINY, modes='eager,compiled', gen_activations='')
+    assert bench.run_benchmark(cfg, log=lambda *a: None).get('other_load') is None
+    answers = iter([(3.0, 10.0, []), (1.0, 10.0, [])])
+    assert bench.run_benchmark(cfg, log=lambda *a: None)['other_load'] == pytest.approx(4.0 / 20.0)
 
 
 def test_mfu_pairs_each_step_time_with_the_matmul_peak_of_its_own_round():

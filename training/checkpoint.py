@@ -1,6 +1,6 @@
 """
-Checkpoint helpers for train.py, sample.py and eval.py: atomic save, safe load, clean state dicts, RNG state, and the lock that
-keeps two processes out of one out_dir.
+Checkpoint helpers for train.py, sample.py and eval.py: atomic save, safe load, clean state dicts, RNG state, and the
+lock that keeps two processes out of one out_dir.
 
 They live outside train.py so tests can exercise them in-process (nothing imports train.py). torch and numpy are
 imported inside the functions that need them, so a script can check a checkpoint file, take the out_dir lock (or fail)
