@@ -49,9 +49,9 @@ POLYCOM_BASES = (*TYPE_ONE_BASES, 'norm', 'relu_norm')
 class PolyCom(nn.Module):
     """A learnable PolyCom activation: r scalar weights and one bias per layer (none per channel), paper init a_i = 1/r,
     a_0 = 0. base: a key of TYPE_ONE_BASES (type I), 'norm' (PolyNorm) or 'relu_norm' (PolyReLUNorm).
-    formula() is the definition. forward() gives the same numbers through the closed-form Functions at the end of the
-    file, which save only the input for backward (plain autograd keeps ~3x a GELU's), and computes in fp32 under bf16
-    autocast (x^6 has no useful bf16 precision). fast = False runs formula() with plain autograd instead."""
+    formula() is the definition. forward() in eager mode gives the same numbers through the closed-form Functions at the
+    end of the file, which save only the input for backward (plain autograd keeps ~3x a GELU's), and computes in fp32
+    under bf16 autocast (x^6 has no useful bf16 precision). fast = False, and torch.compile, run formula() instead."""
 
     fast = True
 
@@ -74,7 +74,9 @@ class PolyCom(nn.Module):
         return poly_of_base(x, self.weight, self.bias, rho)
 
     def forward(self, x):
-        if not self.fast:
+        # Under torch.compile the plain formula: inductor fuses its passes and picks what backward keeps. The Functions
+        # compiled by inductor gave wrong gradients on CUDA (torch 2.11, H200: 90% of a tiny GPT's wte gradient off)
+        if not self.fast or torch.compiler.is_compiling():
             return self.formula(x.to(_compute_dtype(x))).to(x.dtype)
         # no gradient wanted (evaluation, generation): the Functions' own forward code without autograd's bookkeeping,
         # which costs a quarter of a one-token call (generation with a KV cache makes one per token and layer)
@@ -812,14 +814,15 @@ def _compute_dtype(x):
 # eager CPU runs all passes over one block of rows before the next block: x, g and the temporaries of a 2 MB block
 # stay in cache. Measured (2 threads, forward + backward of a (4096, 1024) fp32 tensor, 16 x 256 tokens): PolyNorm
 # 20.9 -> 11.1 ms, PolyReLU 23.0 -> 11.1 ms (GELU: 3.8 ms); on the MoE's (8192, 1024): 62 -> 21 ms. Blocks of 0.5 to
-# 8 MB were tried, 2 MB was best. On GPU and under torch.compile (which fuses the passes) the whole tensor is one block.
+# 8 MB were tried, 2 MB was best. On GPU the whole tensor is one block. (Under torch.compile, which fuses the passes
+# itself, PolyCom runs its plain formula and these Functions do not run.)
 ROW_BLOCK_BYTES = 2 * 1024 * 1024
 
 
 def _row_blocks(x):
     """x: (N, H) -> slices of rows, ~ROW_BLOCK_BYTES each on eager CPU, one slice of all rows otherwise."""
     n = x.shape[0]
-    if x.device.type != 'cpu' or torch.compiler.is_compiling():
+    if x.device.type != 'cpu':
         return [slice(0, n)]
     rows = max(1, ROW_BLOCK_BYTES // (x.shape[1] * x.element_size()))
     # no rows (an MoE expert that got no token): one empty block, so every pass and sum still runs, on nothing

@@ -152,6 +152,24 @@ def test_an_interrupted_pytest_run_still_yields_the_outcomes_it_printed():
     assert gpu_check.parse_verbose_log(log) == [('test_cuda::test_a[polynorm]', 'passed', None, ''),
                                                 ('test_cuda::test_b', 'failed', None, ''),
                                                 ('test_cuda::test_c', 'skipped', None, '')]
+    xdist = ("[gw1] [  2%] PASSED tests/test_cuda.py::test_a[polynorm] \n"
+             "[gw0] [  4%] FAILED tests/test_cuda.py::test_b \n"
+             "[gw2] [ 56%] ERROR tests/test_cuda.py::test_e \n"
+             "[gw3] [ 5")
+    assert gpu_check.parse_verbose_log(xdist) == [('test_cuda::test_a[polynorm]', 'passed', None, ''),
+                                                  ('test_cuda::test_b', 'failed', None, ''),
+                                                  ('test_cuda::test_e', 'error', None, '')]
+
+
+def test_test_workers_need_pytest_xdist_or_zero(monkeypatch):
+    monkeypatch.setattr(gpu_check, 'test_workers', 6)
+    monkeypatch.setattr(gpu_check.importlib.util, 'find_spec', lambda name: None)
+    assert gpu_check.settings_problem() == ("test_workers=6 needs pytest-xdist: pip install pytest-xdist, or run the "
+                                            "tests in one process with --test_workers=0")
+    monkeypatch.setattr(gpu_check, 'stages', 'bench')        # the benchmark alone needs no pytest
+    assert gpu_check.settings_problem() is None
+    monkeypatch.setattr(gpu_check, 'test_workers', -1)
+    assert gpu_check.settings_problem().startswith("test_workers=-1: use 0 (one pytest process)")
 
 
 def test_a_recorded_run_is_read_from_benchmarks_md_and_copied_beside_the_results(tmp_path, monkeypatch):

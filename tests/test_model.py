@@ -395,6 +395,27 @@ def test_every_activation_compiles_without_graph_breaks(activation):
     torch.testing.assert_close(logits, model(idx, idx)[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["polynorm", "polyrelu", "polyprelu", "polyrelunorm"])
+def test_compiled_polycom_runs_the_formula_and_its_gradients_equal_eager(activation, monkeypatch):
+    """Under torch.compile PolyCom runs formula(), never the closed-form Functions: inductor compiled those into wrong
+    gradients on CUDA (torch 2.11, H200; right on CPU). Gradients of the compiled model equal eager's (aot_eager)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(tiny_config(activation=activation), verbose=False)
+    idx = torch.randint(0, 32, (2, 16))
+    model(idx, idx)[1].backward()
+    eager = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+
+    def refuse(*args):
+        raise AssertionError("a closed-form Function ran under torch.compile")
+    monkeypatch.setattr(PolyNormFunction, 'forward', staticmethod(refuse))
+    monkeypatch.setattr(PolyBaseFunction, 'forward', staticmethod(refuse))
+    torch.compile(model, fullgraph=True, backend='aot_eager')(idx, idx)[1].backward()
+    for a, b in zip(eager, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("activation", ["polynorm", "polyrelu"])
 def test_inductor_compiled_and_eager_logits_agree(activation):
     """Tolerance 1e-4: inductor fuses and reorders float32 reductions, so results differ in the last bits."""

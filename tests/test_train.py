@@ -163,6 +163,25 @@ def test_ddp_two_processes_match_one_process(single_run, tmp_path):
     assert load_state(ddp)['data_position']['iter'] == 8
 
 
+def test_plain_cuda_is_the_current_device_and_cuda_n_is_set(monkeypatch):
+    """torch 2.11 refuses torch.cuda.set_device('cuda') (no index): on an H200 every train.py run with device=cuda
+    failed there. Plain 'cuda' is left as the current device; DDP's cuda:LOCAL_RANK is set."""
+    from training import processes
+    calls = []
+
+    def set_device(device):
+        if torch.device(device).index is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+        calls.append(str(device))
+    for name, value in {'is_available': lambda: True, 'device_count': lambda: 2, 'set_device': set_device,
+                        'is_bf16_supported': lambda *a, **k: True}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', torch.backends.cudnn.allow_tf32)
+    assert processes.choose_device('cuda', 'float32', None)[:3] == ('cuda', 'cuda', 'float32') and calls == []
+    assert processes.choose_device('cuda', 'float32', 1)[:2] == ('cuda:1', 'cuda') and calls == ['cuda:1']
+
+
 def test_gradient_accumulation_must_divide_across_ranks(data_dir, tmp_path, monkeypatch):
     # the check runs before any process group exists, so torchrun's variables alone are enough to trigger it
     for name, value in {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '2', 'MASTER_ADDR': '127.0.0.1',

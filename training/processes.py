@@ -84,8 +84,10 @@ def choose_device(device, dtype, local_rank):
         device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
     if local_rank is not None and device.startswith('cuda'):
         device = f'cuda:{local_rank}'
-    if device.startswith('cuda'):
-        torch.cuda.set_device(device)   # the current device: bare .cuda() calls and the CUDA RNG state refer to it
+    if device.startswith('cuda') and torch.device(device).index is not None:
+        # the current device: bare .cuda() calls and the CUDA RNG state refer to it. Plain 'cuda' is already the
+        # current device, and set_device refuses a device without an index (torch 2.11, measured on an H200)
+        torch.cuda.set_device(device)
     device_type = 'cuda' if device.startswith('cuda') else device
     if dtype == 'auto':
         dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
