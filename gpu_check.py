@@ -13,8 +13,8 @@ Stages, each a subprocess with its own time limit, so one that hangs or overruns
    cache). Measured on an H200, 2026-12-04: the eager phase (generation included) ~85 s, then each compile's warm-up
    20-36 s; the 270 s it was given ran out in the compiled warm-ups, so it has 390 s now (an estimate: ~300 s).
 The budget: both limits together are 9.5 minutes (tests_timeout + bench_timeout), which fits one 10-minute call of a
-lent H200 with its start. Nothing needs the network or pip: the tests make a small character dataset in a temp folder, the benchmark
-times random token ids, and no GPT-2 BPE file is read.
+lent H200 with its start. Nothing needs the network or pip: the tests make a small character dataset in a temp folder,
+the benchmark times random token ids, and no GPT-2 BPE file is read.
 
 What it writes, all in out_dir (ignored by git; the results file is rewritten after each stage, so a killed check
 still leaves what finished): gpu_check.md (machine, GPU, torch/CUDA/triton versions, test outcomes and failures, the
@@ -175,7 +175,8 @@ def parse_junit(path):
 
 VERBOSE_LINE = re.compile(r'^tests/(\S+\.py)::(\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)', re.M)
 # the same under pytest-xdist, which prints the outcome first: "[gw3] [ 52%] PASSED tests/test_cuda.py::test_x"
-XDIST_LINE = re.compile(r'^\[gw\d+\] \[\s*\d+%\] (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) tests/(\S+\.py)::(\S+)', re.M)
+XDIST_LINE = re.compile(r'^\[gw\d+\] \[\s*\d+%\] (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) '
+                        r'tests/(\S+\.py)::(\S+)', re.M)
 
 
 def parse_verbose_log(log):

@@ -31,15 +31,18 @@ def fail(message, code=2, everyone=False, prefix='error: '):
         distributed.destroy_process_group()
     if everyone or is_master():
         print(prefix + message, file=sys.stderr, flush=True)
-    exit_after_process_group(code) if grouped else sys.exit(code)
+    if grouped:
+        exit_after_process_group(code)
+    sys.exit(code)
 
 
 def exit_after_process_group(code):
-    """Exit with code, skipping the interpreter's teardown, in a process that had a process group. destroy_process_group
-    drops torch's own reference, but the DDP wrapper still holds the gloo group, and destroying its threads during
-    interpreter finalization aborted a rank after a finished run now and then ("terminate called without an active
-    exception", SIGABRT: seen in CI, and once in 40 torchrun runs of the DDP test here). The atexit handlers (the
-    checkpoint lock's release, wandb's finish) run first and the output is flushed, as a normal exit would."""
+    """Exit with code, skipping the interpreter's teardown, in a process that had a process group. Seen in CI and
+    once in 40 torchrun runs of the DDP test here (none in 40 since; too few to prove the cure): a rank that had
+    finished aborted at exit with "terminate called without an active exception" (SIGABRT). The likely cause:
+    destroy_process_group drops torch's own reference to the gloo group, but the DDP wrapper still holds it, and its
+    threads were then torn down during interpreter finalization. The atexit handlers (the checkpoint lock's release,
+    wandb's finish) run first and the output is flushed, as a normal exit would."""
     import atexit
     atexit._run_exitfuncs()
     sys.stdout.flush()
