@@ -90,6 +90,7 @@ gen_vocab_size = 84         # 0 = vocab_size
 repeats = 15                # timed rounds over all variants; medians and quartiles are reported
 steps_per_repeat = 1        # training steps timed per variant per round (their mean is one sample)
 warmup_steps = 2            # untimed steps per variant first (compile, allocator, thread pool)
+warmup_at_once = 1          # variants in processes of their own that warm up (compile) side by side; 1 = in turn
 matmul_peak = True          # CPU: measure the float32 matmul peak in every round (for MFU)
 isolate = True              # every variant in a process of its own, as train.py runs one model (see VariantProcess)
 # system
@@ -152,7 +153,7 @@ def check_config(cfg):
         raise ValueError(f"dtype must be float32 or bfloat16, got {cfg['dtype']!r}")
     if cfg['device'].startswith('cuda') and not torch.cuda.is_available():
         raise ValueError(f"device={cfg['device']!r} but torch.cuda.is_available() is False; use --device=cpu")
-    for key in ('repeats', 'steps_per_repeat', 'batch_size', 'block_size'):
+    for key in ('repeats', 'steps_per_repeat', 'batch_size', 'block_size', 'warmup_at_once'):
         if cfg[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
     if cfg['gen_new_tokens'] < 1:
@@ -263,14 +264,18 @@ def run_benchmark(cfg, log=print):
 
 
 def warm_up(cfg, variants, generations, log):
-    """Untimed steps (compile, allocator, thread pool), and the peak memory of one step on CUDA."""
-    for v in variants:
-        t = time.perf_counter()
-        for _ in range(cfg['warmup_steps']):
-            v.step()
-        if cfg['device'].startswith('cuda'):
-            v.measure_peak_memory()
-        log(f"warm-up {v.name}: {time.perf_counter() - t:.1f} s")
+    """Untimed steps (compile, allocator, thread pool), and the peak memory of one step on CUDA. Variants in processes
+    of their own warm up cfg['warmup_at_once'] at a time: on an H200 the compiles, in turn, took 20-36 s each and used
+    up the GPU check's time; side by side they share its 16 cores. Nothing is timed until every variant is warm."""
+    step = cfg['warmup_at_once'] if cfg['isolate'] else 1
+    for first in range(0, len(variants), step):
+        group = variants[first:first + step]
+        for v in group:
+            v.start_warm_up(cfg['warmup_steps'])
+        for v in group:
+            seconds = v.finish_warm_up()
+            log(f"warm-up {v.name}: {seconds:.1f} s" + (f" (side by side with {len(group) - 1} more)"
+                                                         if len(group) > 1 else ''))
     for g in generations:   # a few tokens each way: the first calls allocate and load kernels
         g.generate(True, 8), g.generate(False, 8)
 
@@ -431,7 +436,8 @@ def results_file(cfg, recording=None):
 
 GPU_RECORD_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'bench_gpu.py')
 # knobs that do not change the measured numbers: where the results go, and the profiler (which exits before timing)
-NOT_MEASURED = ('record', 'force_record', 'out_file', 'profile', 'profile_mode', 'profile_moe', 'profile_steps')
+NOT_MEASURED = ('record', 'force_record', 'out_file', 'profile', 'profile_mode', 'profile_moe', 'profile_steps',
+                'warmup_at_once')
 
 
 def recording_config(kind):

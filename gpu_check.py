@@ -10,8 +10,9 @@ Stages, each a subprocess with its own time limit, so one that hangs or overruns
    on an H200 (16 cores), 2026-12-04: 46 tests in 131 s on 6 workers.
 2. bench: `python bench.py config/bench_gpu.py` (GPT-2-small size, T = 1024, bf16 autocast; GELU, SwiGLU, PolyReLU,
    PolyNorm eager and compiled; MoE 8 experts top-2 compiled against dense; PolyNorm generation with and without the KV
-   cache). Measured on an H200, 2026-12-04: the eager phase (generation included) ~85 s, then each compile's warm-up
-   20-36 s; the 270 s it was given ran out in the compiled warm-ups, so it has 390 s now (an estimate: ~300 s).
+   cache). Measured on an H200, 2026-12-04: the eager phase (generation included) ~85 s, then the compile warm-ups,
+   20-36 s each one after the other, used up the 270 s it then had. Now they run side by side (warmup_at_once in
+   config/bench_gpu.py) and the stage has 390 s (an estimate: 150-200 s; not yet measured).
 The budget: both limits together are 9.5 minutes (tests_timeout + bench_timeout), which fits one 10-minute call of a
 lent H200 with its start. Nothing needs the network or pip: the tests make a small character dataset in a temp folder,
 the benchmark times random token ids, and no GPT-2 BPE file is read.

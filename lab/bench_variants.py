@@ -3,6 +3,7 @@ What bench.py times: one variant (a model, its optimizer and a fixed batch, step
 process or in one of its own, and one model's generation with and without the KV cache. The measurement itself, the
 round-robin and the ratios, is bench.py's.
 """
+import time
 from contextlib import nullcontext
 
 import torch
@@ -65,6 +66,22 @@ class Variant:
     def timed_steps(self, n):
         """Mean seconds per step over n steps."""
         return mean_step_seconds(self.step, n, self.device)
+
+    def warm_up(self, steps):
+        """steps untimed steps (compile, allocator, thread pool), then on CUDA the peak memory of one step. Returns
+        (seconds taken, peak bytes or None)."""
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        if self.device.startswith('cuda'):
+            self.measure_peak_memory()
+        return time.perf_counter() - t, self.peak_mem
+
+    def start_warm_up(self, steps):
+        self.warm_up_result = self.warm_up(steps)   # in this process: done at once
+
+    def finish_warm_up(self):
+        return self.warm_up_result[0]
 
     def measure_peak_memory(self):
         """CUDA: the peak bytes of one step as if this were the only model in the process = the step's peak above
@@ -149,6 +166,15 @@ class VariantProcess:
     def measure_peak_memory(self):
         self.peak_mem = self.ask('peak_memory')
 
+    def start_warm_up(self, steps):
+        """Ask for the warm-up without waiting, so that several processes warm up (compile) side by side."""
+        self.conn.send(('warm_up', (steps,)))
+
+    def finish_warm_up(self):
+        """Wait for the warm-up started by start_warm_up; its seconds (the peak memory is kept, on CUDA)."""
+        seconds, self.peak_mem = self.reply()
+        return seconds
+
     def saved_bytes_per_token(self):
         return self.saved
 
@@ -167,7 +193,8 @@ def serve_variant(cfg, spec, conn):
     """The child of a VariantProcess: build the variant, send (FLOPs per token, tokens per step, bytes saved per
     token), then answer requests until 'stop'. An error goes back to the parent as the exception, named."""
     requests = {'step': lambda v: v.step(), 'timed_steps': lambda v, n: v.timed_steps(n),
-                'peak_memory': lambda v: (v.measure_peak_memory(), v.peak_mem)[1]}
+                'peak_memory': lambda v: (v.measure_peak_memory(), v.peak_mem)[1],
+                'warm_up': lambda v, steps: v.warm_up(steps)}
     try:
         if cfg['malloc_keep_heap'] and not cfg['device'].startswith('cuda'):
             keep_freed_memory_in_heap()

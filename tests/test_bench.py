@@ -104,6 +104,7 @@ def test_printed_table_lists_every_variant_and_target(results):
     ('--activations=gelu,swiglu --moe_activations= --poly_orders=2', '--poly_orders applies to PolyCom activations'),
     ('--gen_activations=gelu,tanh', "unknown activation 'tanh' in --gen_activations"),
     ('--gen_new_tokens=0', 'gen_new_tokens must be >= 1, got 0'),
+    ('--warmup_at_once=0', 'warmup_at_once must be >= 1, got 0'),
     ('--gen_n_embd=130', 'n_embd (130) must be divisible by n_head (4)'),
 ])
 def test_bad_flags_fail_in_one_line(flags, message):
@@ -176,6 +177,36 @@ def test_an_isolated_variant_runs_in_its_own_process_and_measures_what_the_in_pr
     assert child.timed_steps(2) > 0
     child.release()
     assert not child.process.is_alive() and child.process.exitcode == 0
+
+
+def test_isolated_variants_warm_up_side_by_side_in_groups_and_all_before_any_timing():
+    """warmup_at_once = 2 of 3 variants: two warm-ups asked before either is awaited, then the third; the in-process
+    variants (isolate=False) warm up in turn whatever warmup_at_once says. The real pipe answers the request too."""
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def start_warm_up(self, steps):
+            calls.append(('start', self.name, steps))
+
+        def finish_warm_up(self):
+            calls.append(('finish', self.name))
+            return 1.0
+    variants = [Fake('a'), Fake('b'), Fake('c')]
+    bench.warm_up(dict(TINY, isolate=True, warmup_at_once=2, warmup_steps=3), variants, [], log=lambda *a: None)
+    assert calls == [('start', 'a', 3), ('start', 'b', 3), ('finish', 'a'), ('finish', 'b'),
+                     ('start', 'c', 3), ('finish', 'c')]
+    calls.clear()
+    bench.warm_up(dict(TINY, isolate=False, warmup_at_once=2, warmup_steps=3), variants[:2], [], log=lambda *a: None)
+    assert calls == [('start', 'a', 3), ('finish', 'a'), ('start', 'b', 3), ('finish', 'b')]
+    children = bench.build_variants(dict(TINY, isolate=True, activations='gelu,polynorm', moe_activations=''), 'eager')
+    for child in children:
+        child.start_warm_up(1)
+    assert all(child.finish_warm_up() > 0 for child in children)
+    for child in children:
+        child.release()
 
 
 def test_a_failure_inside_a_variants_process_is_raised_here_with_its_name():
