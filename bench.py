@@ -267,9 +267,9 @@ def warm_up(cfg, variants, generations, log):
     """Untimed steps (compile, allocator, thread pool), and the peak memory of one step on CUDA. Variants in processes
     of their own warm up cfg['warmup_at_once'] at a time: on an H200 the compiles, in turn, took 20-36 s each and used
     up the GPU check's time; side by side they share its 16 cores. Nothing is timed until every variant is warm."""
-    step = cfg['warmup_at_once'] if cfg['isolate'] else 1
-    for first in range(0, len(variants), step):
-        group = variants[first:first + step]
+    at_once = cfg['warmup_at_once'] if cfg['isolate'] else 1
+    for first in range(0, len(variants), at_once):
+        group = variants[first:first + at_once]
         for v in group:
             v.start_warm_up(cfg['warmup_steps'])
         for v in group:

@@ -163,9 +163,6 @@ class VariantProcess:
     def timed_steps(self, n):
         return self.ask('timed_steps', n)
 
-    def measure_peak_memory(self):
-        self.peak_mem = self.ask('peak_memory')
-
     def start_warm_up(self, steps):
         """Ask for the warm-up without waiting, so that several processes warm up (compile) side by side."""
         self.conn.send(('warm_up', (steps,)))
@@ -193,7 +190,6 @@ def serve_variant(cfg, spec, conn):
     """The child of a VariantProcess: build the variant, send (FLOPs per token, tokens per step, bytes saved per
     token), then answer requests until 'stop'. An error goes back to the parent as the exception, named."""
     requests = {'step': lambda v: v.step(), 'timed_steps': lambda v, n: v.timed_steps(n),
-                'peak_memory': lambda v: (v.measure_peak_memory(), v.peak_mem)[1],
                 'warm_up': lambda v, steps: v.warm_up(steps)}
     try:
         if cfg['malloc_keep_heap'] and not cfg['device'].startswith('cuda'):

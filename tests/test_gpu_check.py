@@ -144,21 +144,21 @@ def test_the_bench_table_is_read_by_column_name_and_each_target_marked():
     }
 
 
-def test_an_interrupted_pytest_run_still_yields_the_outcomes_it_printed():
-    log = ("tests/test_cuda.py::test_a[polynorm] PASSED                  [  2%]\n"
-           "tests/test_cuda.py::test_b FAILED                            [  4%]\n"
-           "tests/test_cuda.py::test_c SKIPPED (needs a CUDA GPU)        [  6%]\n"
-           "tests/test_cuda.py::test_d ")
+@pytest.mark.parametrize('log', [
+    ("tests/test_cuda.py::test_a[polynorm] PASSED                  [  2%]\n"
+     "tests/test_cuda.py::test_b FAILED                            [  4%]\n"
+     "tests/test_cuda.py::test_c SKIPPED (needs a CUDA GPU)        [  6%]\n"
+     "tests/test_cuda.py::test_d "),
+    # pytest-xdist (--test_workers) prints the outcome first
+    ("[gw1] [  2%] PASSED tests/test_cuda.py::test_a[polynorm] \n"
+     "[gw0] [  4%] FAILED tests/test_cuda.py::test_b \n"
+     "[gw2] [  6%] SKIPPED tests/test_cuda.py::test_c \n"
+     "[gw3] [ 5"),
+], ids=['one-process', 'xdist'])
+def test_an_interrupted_pytest_run_still_yields_the_outcomes_it_printed(log):
     assert gpu_check.parse_verbose_log(log) == [('test_cuda::test_a[polynorm]', 'passed', None, ''),
                                                 ('test_cuda::test_b', 'failed', None, ''),
                                                 ('test_cuda::test_c', 'skipped', None, '')]
-    xdist = ("[gw1] [  2%] PASSED tests/test_cuda.py::test_a[polynorm] \n"
-             "[gw0] [  4%] FAILED tests/test_cuda.py::test_b \n"
-             "[gw2] [ 56%] ERROR tests/test_cuda.py::test_e \n"
-             "[gw3] [ 5")
-    assert gpu_check.parse_verbose_log(xdist) == [('test_cuda::test_a[polynorm]', 'passed', None, ''),
-                                                  ('test_cuda::test_b', 'failed', None, ''),
-                                                  ('test_cuda::test_e', 'error', None, '')]
 
 
 def test_test_workers_need_pytest_xdist_or_zero(monkeypatch):
